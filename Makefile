@@ -1,0 +1,39 @@
+# amortbench: `make run` (the default suite on embedded data) and `make test` (what CI runs).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CORES  ?= 2
+CONFIG ?= config/default.yaml
+PROFILE ?= profiles/local
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run test bench lint dry-run clean
+
+setup: $(STAMP)
+
+# The environment: created if missing, refreshed when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+run: setup
+	$(BIN)/snakemake --profile $(PROFILE) --cores $(CORES) --configfile $(CONFIG)
+	@echo "leaderboard: results/leaderboard.md   plots: results/pareto_*.png"
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python -m pytest tests/perf --benchmark-enable --benchmark-columns=min,median,mean,rounds
+
+lint: setup
+	$(BIN)/snakemake --lint --configfile $(CONFIG)
+
+dry-run: setup
+	$(BIN)/snakemake --profile $(PROFILE) --cores $(CORES) --configfile $(CONFIG) -n
+
+clean:
+	rm -rf results/*/ results/leaderboard.* results/metrics_long.* results/pareto_*.png results/report.log .snakemake

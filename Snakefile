@@ -1,0 +1,135 @@
+"""amortbench pipeline: prepare data -> train -> evaluate -> report.
+
+One generic rule per stage; {dataset}, {method} and {seed} are wildcards, so a new method or dataset
+needs no rule of its own. Run with a config, e.g.
+
+    snakemake --cores 2 --configfile config/default.yaml
+"""
+import json
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+ROOT = workflow.basedir
+sys.path.insert(0, ROOT)
+
+from benchmarks.config import cell_config, cells, data_options, validate  # noqa: E402
+
+
+if not config:
+    raise ValueError(
+        "no configuration given: run `snakemake --configfile config/default.yaml` (or another config)"
+    )
+validate(config)
+
+THREADS = config.get("threads", 1)
+CELLS = cells(config)
+DATASETS = sorted({dataset for dataset, _, _ in CELLS})
+PYTHON = f"PYTHONPATH={ROOT} {sys.executable}"
+REPORT_FILES = expand("results/leaderboard.{ext}", ext=["md", "csv", "tex", "parquet"])
+PARETO_PLOTS = expand("results/pareto_{dataset}.png", dataset=DATASETS)
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_]+",
+    method=r"[A-Za-z0-9_]+",
+    seed=r"\d+",
+
+
+localrules:
+    all,
+
+
+rule all:
+    input:
+        REPORT_FILES,
+        PARETO_PLOTS,
+
+
+rule prepare_data:
+    output:
+        "data/prepared/{dataset}.pt",
+    params:
+        options=lambda w: json.dumps(data_options(config, w.dataset), sort_keys=True),
+        python=PYTHON,
+        data_dir=lambda w, output: Path(output[0]).parent.parent,
+    log:
+        "data/prepared/{dataset}.log",
+    benchmark:
+        "data/prepared/{dataset}.benchmark.tsv"
+    resources:
+        mem_mb=8000,
+    conda:
+        "envs/amortbench.yaml"
+    shell:
+        "{params.python} -m benchmarks.cli prepare {wildcards.dataset} --options {params.options:q}"
+        " --data-dir {params.data_dir:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule train:
+    input:
+        data="data/prepared/{dataset}.pt",
+    output:
+        model="results/{dataset}/{method}/seed{seed}/model.pt",
+        history="results/{dataset}/{method}/seed{seed}/train_log.csv",
+    params:
+        cell=lambda w: json.dumps(cell_config(config, w.dataset, w.method, int(w.seed)), sort_keys=True),
+        python=PYTHON,
+        state_dir="results/{dataset}/{method}/seed{seed}/state",
+    log:
+        "results/{dataset}/{method}/seed{seed}/train.log",
+    benchmark:
+        "results/{dataset}/{method}/seed{seed}/train.benchmark.tsv"
+    threads: THREADS
+    resources:
+        mem_mb=4000,
+    conda:
+        "envs/amortbench.yaml"
+    shell:
+        "{params.python} -m benchmarks.cli train --cell {params.cell:q} --data {input.data:q}"
+        " --out {output.model:q} --log-csv {output.history:q} --state-dir {params.state_dir:q}"
+        " --threads {threads} --no-progress > {log:q} 2>&1"
+
+
+rule evaluate:
+    input:
+        data="data/prepared/{dataset}.pt",
+        model="results/{dataset}/{method}/seed{seed}/model.pt",
+    output:
+        "results/{dataset}/{method}/seed{seed}/metrics.json",
+    params:
+        python=PYTHON,
+    log:
+        "results/{dataset}/{method}/seed{seed}/evaluate.log",
+    benchmark:
+        "results/{dataset}/{method}/seed{seed}/evaluate.benchmark.tsv"
+    threads: THREADS
+    resources:
+        mem_mb=4000,
+    conda:
+        "envs/amortbench.yaml"
+    shell:
+        "{params.python} -m benchmarks.cli evaluate --model {input.model:q} --data {input.data:q}"
+        " --out {output:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule report:
+    input:
+        [f"results/{d}/{m}/seed{s}/metrics.json" for d, m, s in CELLS],
+    output:
+        REPORT_FILES,
+        PARETO_PLOTS,
+    params:
+        python=PYTHON,
+        expected=json.dumps(CELLS),
+        out_dir=lambda w, output: Path(output[0]).parent,
+    log:
+        "results/report.log",
+    conda:
+        "envs/amortbench.yaml"
+    shell:
+        "{params.python} -m benchmarks.cli report {input:q} --out-dir {params.out_dir:q}"
+        " --expected {params.expected:q} > {log:q} 2>&1"

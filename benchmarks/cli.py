@@ -1,0 +1,152 @@
+"""Entry points used by the Snakemake rules (``python -m benchmarks.cli <stage> ...``).
+
+    prepare   dataset options -> data/prepared/<dataset>.pt
+    train     cell config + prepared data -> model.pt (resumable via --state-dir)
+    evaluate  model.pt + prepared data -> metrics.json
+    report    metrics.json files -> leaderboard.{md,csv,tex,parquet}, pareto_<dataset>.png
+    validate  check a suite config file against the schema and registries
+
+Errors a user can fix print one line naming the file or option and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import AmortbenchError
+
+
+def _json_arg(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AmortbenchError(f"argument is not valid JSON ({exc}): {text[:200]!r}") from None
+    return value
+
+
+def _setup_torch(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def cmd_prepare(args) -> None:
+    from .datasets import prepare
+
+    options = _json_arg(args.options)
+    data = prepare(args.dataset, options, args.data_dir)
+    data.save(args.out, options)
+    logging.info("prepared %s: %s", args.dataset, {s: tuple(data.split(s).shape) for s in ("train", "valid", "test")})
+
+
+def cmd_train(args) -> None:
+    from .datasets import DataSplits
+    from .io import write_json
+    from .train import resolve_device, run_training
+
+    _setup_torch(args.threads)
+    cell = _json_arg(args.cell)
+    device = resolve_device(args.device or cell.get("device", "auto"))
+    data = DataSplits.load(args.data)
+    out = Path(args.out)
+    state_dir = Path(args.state_dir) if args.state_dir else out.parent / "state"
+    write_json(out.parent / "cell.json", cell)
+    result = run_training(cell, data, out, state_dir, Path(args.log_csv or out.parent / "train_log.csv"),
+                          device, progress=not args.no_progress)
+    logging.info("trained %s/%s seed %d on %s: best epoch %d, valid ELBO %.4f, %.1f s",
+                 cell["dataset"], cell["method"], cell["seed"], device, result.best_epoch,
+                 result.best_valid_elbo, result.train_seconds)
+
+
+def cmd_evaluate(args) -> None:
+    import torch
+
+    from .datasets import DataSplits
+    from .evaluate import run_evaluation
+    from .io import write_json
+    from .train import resolve_device
+
+    _setup_torch(args.threads)
+    saved_cell = torch.load(args.model, map_location="cpu", weights_only=False)["cell"]
+    device = resolve_device(args.device or saved_cell.get("device", "auto"))
+    payload = run_evaluation(args.model, DataSplits.load(args.data), device)
+    write_json(args.out, payload)
+    m = payload["metrics"]
+    logging.info("evaluated %s/%s: test NLL %.3f, ELBO %.3f, %.4f ms/example", payload["dataset"],
+                 payload["method"], m["test_nll"], m["test_elbo"], m["infer_ms_per_example"])
+
+
+def cmd_report(args) -> None:
+    from .report import build_report
+
+    expected = [tuple(c) for c in _json_arg(args.expected)] if args.expected else None
+    files = list(args.metrics) or sorted(Path(args.results_dir).glob("*/*/seed*/metrics.json"))
+    board = build_report(files, args.out_dir, expected)
+    logging.info("leaderboard of %d rows written to %s", len(board), args.out_dir)
+
+
+def cmd_validate(args) -> None:
+    from .config import cells, load_yaml, validate
+
+    config = validate(load_yaml(args.configfile))
+    print(f"{args.configfile}: valid, {len(cells(config))} cells")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="amortbench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("prepare", help="fetch, verify and split a dataset")
+    s.add_argument("dataset")
+    s.add_argument("--options", default="{}", help="the dataset's data: options as JSON")
+    s.add_argument("--data-dir", default="data")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_prepare)
+
+    for name, func, help_text in (("train", cmd_train, "train one cell"),
+                                  ("evaluate", cmd_evaluate, "evaluate one trained cell")):
+        s = sub.add_parser(name, help=help_text)
+        s.add_argument("--data", required=True, help="prepared data file")
+        s.add_argument("--out", required=True)
+        s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+        s.add_argument("--threads", type=int, default=None)
+        s.set_defaults(func=func)
+        if name == "train":
+            s.add_argument("--cell", required=True, help="the cell's resolved config as JSON")
+            s.add_argument("--state-dir", default=None, help="resumable checkpoints (default: <out dir>/state)")
+            s.add_argument("--log-csv", default=None)
+            s.add_argument("--no-progress", action="store_true")
+        else:
+            s.add_argument("--model", required=True)
+
+    s = sub.add_parser("report", help="merge metrics into leaderboards and Pareto plots")
+    s.add_argument("metrics", nargs="*", help="metrics.json files (default: all under --results-dir)")
+    s.add_argument("--results-dir", default="results")
+    s.add_argument("--out-dir", default="results")
+    s.add_argument("--expected", default=None, help="JSON list of expected [dataset, method, seed]")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("validate", help="check a config file")
+    s.add_argument("configfile")
+    s.set_defaults(func=cmd_validate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except AmortbenchError as exc:
+        print(f"amortbench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Evaluation of one trained cell on the test split, written as one small metrics.json.
+
+Metrics (nats per datapoint, means over test points):
+* ``test_nll``   -log p(x) by importance sampling with the method's own posterior as proposal,
+                 S = ``is_samples`` (estimators.importance_sample; float64 log-sum-exp, chunked)
+* ``test_elbo``  E_q[log p(x,z) - log q], from the same S samples
+* ``test_kl``    E_q[log q - log p(z)];  ``test_log_likelihood`` E_q[log p(x|z)]
+* ``active_units``  #{d : Cov_x(E_q[z_d]) > threshold} (Burda et al. 2016, threshold 0.01)
+* ``ess_fraction``  mean effective sample size of the importance weights over S
+* ``exact_nll``  -log p_theta(x) in closed form where the model family has it (linear_gaussian)
+* ``true_nll``   NLL under the data-generating model where the dataset knows it
+* ``infer_ms_per_example``  wall time of ``posterior(x).sample(1)`` (all test-time work plus one draw)
+  per example, batch of ``timing_batch_size``, median of ``timing_repeats`` after ``timing_warmup``
+  runs, CUDA-synchronized on a GPU.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .config import from_dict, to_dict
+from .datasets import DataSplits
+from .estimators import chunk_size, importance_sample
+
+EVAL_VERSION = 1
+
+
+@dataclass
+class EvalConfig:
+    is_samples: int = 1000
+    batch_size: int = 100
+    max_chunk_elements: int = 1 << 20  # ~4 MB of decoder output per chunk: stays in cache
+    max_test_points: Optional[int] = None
+    active_unit_threshold: float = 0.01
+    timing_batch_size: int = 100
+    timing_warmup: int = 2
+    timing_repeats: int = 10
+
+    def __post_init__(self):
+        for name in ("is_samples", "batch_size", "timing_batch_size", "timing_repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def time_inference(method, x: torch.Tensor, warmup: int, repeats: int) -> list[float]:
+    """Seconds per call of posterior(x).sample(1), each of `repeats` runs after `warmup` runs."""
+    cuda = x.device.type == "cuda"
+
+    def once() -> float:
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            method.posterior(x).sample(1)
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1000.0
+        t0 = time.perf_counter()
+        method.posterior(x).sample(1)
+        return time.perf_counter() - t0
+
+    with torch.no_grad():
+        for _ in range(warmup):
+            once()
+        return [once() for _ in range(repeats)]
+
+
+def evaluate(method, data: DataSplits, cfg: EvalConfig, device: torch.device) -> dict:
+    """Test metrics of a trained method (see module docstring)."""
+    model = method.model
+    method.eval()
+    log_px, elbos, log_liks, kls, ess, means, exact = [], [], [], [], [], [], []
+    for x in data.batches("test", cfg.batch_size, device=device, limit=cfg.max_test_points):
+        with torch.no_grad():  # methods that optimize at test time enable gradients inside
+            posterior = method.posterior(x)
+        chunk = chunk_size(cfg.is_samples, x.shape[0], model.output_elements(), cfg.max_chunk_elements)
+        est = importance_sample(model, posterior, x, cfg.is_samples, chunk)
+        log_px.append(est.log_px)
+        elbos.append(est.elbo)
+        log_liks.append(est.log_likelihood)
+        kls.append(est.kl)
+        ess.append(est.ess)
+        with torch.no_grad():
+            means.append(posterior.mean().double())
+            exact_lp = model.exact_log_marginal(x)
+        if exact_lp is not None:
+            exact.append(exact_lp.double())
+    log_px_all = torch.cat(log_px)
+    n = log_px_all.numel()
+    mean_z = torch.cat(means)
+    active = int((mean_z.var(0, unbiased=True) > cfg.active_unit_threshold).sum()) if n > 1 else 0
+
+    timing_x = next(data.batches("test", cfg.timing_batch_size, device=device))
+    seconds = time_inference(method, timing_x, cfg.timing_warmup, cfg.timing_repeats)
+    n_model = sum(p.numel() for p in model.parameters())
+    n_inference = sum(p.numel() for p in method.inference_parameters())
+    metrics = {
+        "test_nll": float(-log_px_all.mean()),
+        "test_nll_sem": float(log_px_all.std() / n**0.5) if n > 1 else 0.0,
+        "test_elbo": float(torch.cat(elbos).mean()),
+        "test_log_likelihood": float(torch.cat(log_liks).mean()),
+        "test_kl": float(torch.cat(kls).mean()),
+        "ess_fraction": float(torch.cat(ess).mean() / cfg.is_samples),
+        "active_units": active,
+        "latent_dim": model.latent_dim,
+        "infer_ms_per_example": 1000.0 * statistics.median(seconds) / timing_x.shape[0],
+        "params_inference": n_inference,
+        "params_model": n_model,
+        "n_test": n,
+        "is_samples": cfg.is_samples,
+        "timing_batch_size": int(timing_x.shape[0]),
+    }
+    if exact:
+        metrics["exact_nll"] = float(-torch.cat(exact).mean())
+    if "true_nll" in data.meta and cfg.max_test_points is None:
+        metrics["true_nll"] = float(data.meta["true_nll"])
+    return metrics
+
+
+def run_evaluation(model_file, data: DataSplits, device: torch.device) -> dict:
+    """Load a trained cell, evaluate it, and return the metrics.json payload."""
+    from methods import build_method
+
+    from . import models, provenance
+    from .train import seed_everything
+
+    saved = torch.load(model_file, map_location="cpu", weights_only=False)
+    cell = saved["cell"]
+    cfg = from_dict(EvalConfig, cell["eval"], "eval")
+    seed_everything(cell["seed"] + 1, cell.get("deterministic", True))
+    model = models.build(data, cell["model"])
+    method = build_method(cell["method"], model, cell["method_config"])
+    method.load_state_dict(saved["state"])
+    method.to(device)
+    metrics = evaluate(method, data, cfg, device)
+    metrics.update(
+        train_seconds=saved["train_seconds"],
+        best_epoch=saved["best_epoch"],
+        epochs_run=saved["epochs_run"],
+        best_valid_elbo=saved["best_valid_elbo"],
+    )
+    return {
+        "dataset": cell["dataset"],
+        "method": cell["method"],
+        "seed": cell["seed"],
+        "metrics": metrics,
+        "notes": method.description(),
+        "eval_config": to_dict(cfg),
+        "eval_version": EVAL_VERSION,
+        "provenance": provenance.record(device, cell["seed"], saved["cell_hash"]),
+        "cell": cell,
+    }

@@ -1,0 +1,226 @@
+"""Reports: merge every metrics.json into one long table, then leaderboards and Pareto plots.
+
+* ``metrics_long.{csv,parquet}``: one row per (dataset, method, seed, metric) with provenance columns.
+* ``leaderboard.{md,csv,tex,parquet}``: per dataset, rows = methods; test NLL mean ± std over seeds
+  (n seeds shown), ELBO, KL, active units, inference ms/example, train time, parameters. Cells the
+  config expects but that have no result are listed as missing; a known true NLL is a row of its own.
+* ``pareto_<dataset>.png``: test NLL against inference time per example (log x), the Pareto front drawn.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+from .errors import DataError  # noqa: E402
+from .io import atomic_path, write_text  # noqa: E402
+
+TRUE_MODEL = "(true model)"
+PROVENANCE_COLUMNS = ["git_commit", "device_name", "date", "config_hash", "torch"]
+LEADERBOARD_METRICS = {  # column -> (metric, aggregation shown)
+    "test_nll": "test_nll",
+    "test_elbo": "test_elbo",
+    "test_kl": "test_kl",
+    "active_units": "active_units",
+    "infer_ms": "infer_ms_per_example",
+    "train_s": "train_seconds",
+    "params_inference": "params_inference",
+    "exact_nll": "exact_nll",
+}
+
+
+def read_metrics(paths: Iterable[str | Path]) -> list[dict]:
+    records = []
+    for path in paths:
+        try:
+            records.append(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"cannot read results file {path}: {exc}; rerun its evaluate job") from None
+    return records
+
+
+def long_table(records: list[dict]) -> pd.DataFrame:
+    """One row per (dataset, method, seed, metric) with provenance."""
+    rows = []
+    for rec in records:
+        prov = rec.get("provenance", {})
+        base = {
+            "dataset": rec["dataset"],
+            "method": rec["method"],
+            "seed": rec["seed"],
+            "notes": rec.get("notes", ""),
+            "git_commit": prov.get("git_commit"),
+            "device_name": prov.get("device_name"),
+            "date": prov.get("date"),
+            "config_hash": prov.get("config_hash"),
+            "torch": prov.get("versions", {}).get("torch"),
+        }
+        for metric, value in rec["metrics"].items():
+            rows.append({**base, "metric": metric, "value": float(value)})
+    columns = ["dataset", "method", "seed", "metric", "value", "notes", *PROVENANCE_COLUMNS]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def leaderboard(long: pd.DataFrame, expected: list[tuple[str, str, int]] | None = None) -> pd.DataFrame:
+    """Numeric leaderboard: one row per (dataset, method), means and stds over seeds."""
+    rows = []
+    wide = long.pivot_table(index=["dataset", "method", "seed"], columns="metric", values="value")
+    for (dataset, method), group in wide.groupby(level=["dataset", "method"]):
+        row = {"dataset": dataset, "method": method, "seeds": len(group), "status": "ok"}
+        for column, metric in LEADERBOARD_METRICS.items():
+            if metric in group:
+                values = group[metric].dropna()
+                row[f"{column}_mean"] = values.mean() if len(values) else float("nan")
+                row[f"{column}_std"] = values.std(ddof=1) if len(values) > 1 else float("nan")
+        for metric in ("is_samples", "timing_batch_size", "true_nll"):
+            if metric in group:
+                row[metric] = group[metric].iloc[0]
+        rows.append(row)
+    board = pd.DataFrame(rows)
+    present = {(r["dataset"], r["method"]) for r in rows}
+    missing_rows = []
+    for dataset, method, _seed in expected or []:
+        if (dataset, method) not in present:
+            present.add((dataset, method))
+            missing_rows.append({"dataset": dataset, "method": method, "seeds": 0, "status": "missing"})
+    if missing_rows:
+        board = pd.concat([board, pd.DataFrame(missing_rows)], ignore_index=True)
+    if board.empty:
+        return board
+    if "true_nll" in board:
+        truths = board.dropna(subset=["true_nll"]).groupby("dataset")["true_nll"].first()
+        extra = [{"dataset": d, "method": TRUE_MODEL, "seeds": 0, "status": "reference",
+                  "test_nll_mean": v} for d, v in truths.items()]
+        board = pd.concat([board, pd.DataFrame(extra)], ignore_index=True)
+    board["_order"] = board["method"].eq(TRUE_MODEL).astype(int)
+    board = board.sort_values(["dataset", "_order", "test_nll_mean"], na_position="last")
+    return board.drop(columns="_order").reset_index(drop=True)
+
+
+def _fmt(mean, std, digits: int) -> str:
+    if pd.isna(mean):
+        return "—"
+    text = f"{mean:.{digits}f}"
+    return text if pd.isna(std) else f"{text} ± {std:.{digits}f}"
+
+
+def display_table(board: pd.DataFrame) -> pd.DataFrame:
+    """Human-readable leaderboard (strings) for Markdown and LaTeX."""
+    out = pd.DataFrame()
+    out["method"] = board["method"]
+    out["test NLL"] = [_fmt(m, s, 2) for m, s in zip(board["test_nll_mean"], board.get("test_nll_std"))]
+    out["seeds"] = board["seeds"].astype(int)
+    spec = [("ELBO", "test_elbo", 2), ("KL", "test_kl", 2), ("AU", "active_units", 1),
+            ("infer ms/ex", "infer_ms", 4), ("train s", "train_s", 1), ("exact NLL", "exact_nll", 2)]
+    for title, column, digits in spec:
+        if f"{column}_mean" in board and board[f"{column}_mean"].notna().any():
+            out[title] = [_fmt(m, s, digits) for m, s in zip(board[f"{column}_mean"], board.get(f"{column}_std"))]
+    if "params_inference_mean" in board:
+        out["inference params"] = [
+            "—" if pd.isna(v) else f"{int(v):,}" for v in board["params_inference_mean"]
+        ]
+    out.loc[board["status"].eq("missing").values, "test NLL"] = "missing"
+    return out
+
+
+def write_leaderboard(board: pd.DataFrame, long: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out_dir / f"leaderboard.{ext}" for ext in ("md", "csv", "tex", "parquet")}
+    sections, latex = ["# amortbench leaderboard", ""], []
+    for dataset, group in board.groupby("dataset", sort=True):
+        shown = display_table(group)
+        info = _dataset_info(group, long, dataset)
+        sections += [f"## {dataset}", "", info, "", tabulate(shown, headers="keys", tablefmt="github",
+                                                             showindex=False), ""]
+        latex.append(
+            shown.to_latex(index=False, caption=f"{dataset}: {info}", label=f"tab:{dataset}",
+                           escape=True)
+        )
+    write_text(paths["md"], "\n".join(sections))
+    write_text(paths["tex"], "\n".join(latex))
+    with atomic_path(paths["csv"]) as tmp:
+        board.to_csv(tmp, index=False)
+    with atomic_path(paths["parquet"]) as tmp:
+        board.to_parquet(tmp, index=False)
+    with atomic_path(out_dir / "metrics_long.csv") as tmp:
+        long.to_csv(tmp, index=False)
+    with atomic_path(out_dir / "metrics_long.parquet") as tmp:
+        long.to_parquet(tmp, index=False)
+    return paths
+
+
+def _dataset_info(group: pd.DataFrame, long: pd.DataFrame, dataset: str) -> str:
+    sub = long[long["dataset"] == dataset]
+    parts = []
+    if "is_samples" in group and group["is_samples"].notna().any():
+        parts.append(f"test NLL by importance sampling with S = {int(group['is_samples'].dropna().iloc[0])}")
+    if "timing_batch_size" in group and group["timing_batch_size"].notna().any():
+        parts.append(f"inference time at batch {int(group['timing_batch_size'].dropna().iloc[0])}")
+    devices = sorted(sub["device_name"].dropna().unique())
+    if devices:
+        parts.append("on " + "; ".join(devices))
+    commits = sorted(sub["git_commit"].dropna().unique())
+    if commits:
+        parts.append("commit " + ", ".join(c[:12] for c in commits))
+    return "Nats per datapoint, mean ± std over seeds; " + ", ".join(parts) + "."
+
+
+def pareto_front(times: list[float], nlls: list[float]) -> list[int]:
+    """Indices of points no other point beats in both time and NLL, sorted by time."""
+    order = sorted(range(len(times)), key=lambda i: (times[i], nlls[i]))
+    front, best = [], float("inf")
+    for i in order:
+        if nlls[i] < best:
+            front.append(i)
+            best = nlls[i]
+    return front
+
+
+def pareto_plot(board: pd.DataFrame, dataset: str, path: Path) -> Path:
+    group = board[(board["dataset"] == dataset) & board["status"].eq("ok")].dropna(
+        subset=["test_nll_mean", "infer_ms_mean"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    times, nlls = list(group["infer_ms_mean"]), list(group["test_nll_mean"])
+    stds = group.get("test_nll_std", pd.Series([float("nan")] * len(group))).fillna(0.0)
+    ax.errorbar(times, nlls, yerr=list(stds), fmt="o", color="tab:blue", ecolor="tab:gray", capsize=3)
+    for t, v, name in zip(times, nlls, group["method"]):
+        ax.annotate(name, (t, v), textcoords="offset points", xytext=(5, 5), fontsize=9)
+    front = pareto_front(times, nlls)
+    if front:
+        ax.step([times[i] for i in front], [nlls[i] for i in front], where="post", color="tab:red",
+                label="Pareto front")
+    truth = board[(board["dataset"] == dataset) & board["method"].eq(TRUE_MODEL)]
+    if len(truth):
+        ax.axhline(float(truth["test_nll_mean"].iloc[0]), ls="--", color="k", lw=1, label="true model NLL")
+    ax.set_xscale("log")
+    ax.set_xlabel("inference time per example (ms, log scale)")
+    ax.set_ylabel("test NLL (nats, IS estimate)")
+    ax.set_title(f"{dataset}: test NLL vs inference time")
+    ax.grid(True, which="both", alpha=0.3)
+    if front or len(truth):
+        ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def build_report(metric_files: list[str | Path], out_dir: str | Path,
+                 expected: list[tuple[str, str, int]] | None = None) -> pd.DataFrame:
+    """Merge results and write the leaderboard files and one Pareto plot per dataset."""
+    out_dir = Path(out_dir)
+    long = long_table(read_metrics(metric_files))
+    board = leaderboard(long, expected)
+    write_leaderboard(board, long, out_dir)
+    datasets = sorted(set(board["dataset"])) if len(board) else []
+    for dataset in datasets:
+        pareto_plot(board, dataset, out_dir / f"pareto_{dataset}.png")
+    return board

@@ -1,0 +1,53 @@
+"""Small helpers shared by tests (not fixtures)."""
+from __future__ import annotations
+
+import torch
+
+from methods.base import Step
+
+
+def fit(method, data, steps: int = 200, lr: float = 1e-2, batch_size: int = 100, seed: int = 0) -> list[float]:
+    """A few hundred Adam steps of the method's own loss on the train split; returns the losses."""
+    params = [p for p in method.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    losses, step = [], 0
+    while step < steps:
+        method.on_epoch_start(step // max(1, data.train.shape[0] // batch_size))
+        for x in data.batches("train", batch_size, shuffle=True, generator=generator):
+            loss = method.loss(x, Step(iteration=step))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            step += 1
+            if step >= steps:
+                break
+    return losses
+
+
+def directional_derivative_check(loss_fn, params: list[torch.Tensor], directions: int = 4, eps: float = 1e-6,
+                                 seed: int = 0) -> list[tuple[float, float]]:
+    """Compare the autograd gradient of `loss_fn()` along random directions with central differences.
+
+    `loss_fn` must be deterministic (reset the RNG inside it). Returns (autograd, finite difference)
+    pairs, one per direction; parameters are restored afterwards.
+    """
+    grads = torch.autograd.grad(loss_fn(), params, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    generator = torch.Generator().manual_seed(seed)
+    pairs = []
+    for _ in range(directions):
+        vs = [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in params]
+        analytic = sum(float((g * v).sum()) for g, v in zip(grads, vs))
+        with torch.no_grad():
+            for p, v in zip(params, vs):
+                p.add_(eps * v)
+            plus = float(loss_fn())
+            for p, v in zip(params, vs):
+                p.sub_(2 * eps * v)
+            minus = float(loss_fn())
+            for p, v in zip(params, vs):
+                p.add_(eps * v)
+        pairs.append((analytic, (plus - minus) / (2 * eps)))
+    return pairs

@@ -1,0 +1,129 @@
+"""The whole Snakemake pipeline on a tiny config in a temporary directory, and a killed training job."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib.image
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from benchmarks.config import REPO_ROOT, cell_config
+
+pytestmark = pytest.mark.integration
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+TINY = {
+    "device": "cpu",
+    "seeds": [0],
+    "methods": ["avi"],
+    "datasets": {
+        "mnist5k": {"model": {"latent_dim": 4, "hidden": [32]}, "train": {"epochs": 2},
+                    "eval": {"max_test_points": 100}},
+        "linear_gaussian": {"data": {"n_train": 200, "n_valid": 50, "n_test": 50}, "train": {"epochs": 3}},
+    },
+    "train": {"batch_size": 100, "lr": 1.0e-3},
+    "eval": {"is_samples": 50, "timing_repeats": 3, "timing_warmup": 1},
+}
+
+
+def snakemake(workdir: Path, config: dict, *extra: str) -> subprocess.CompletedProcess:
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cmd = [*SNAKEMAKE, "--snakefile", str(REPO_ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(path), "--cores", "2", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def test_pipeline_end_to_end(tmp_path):
+    done = snakemake(tmp_path, TINY)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = tmp_path / "results"
+    board = pd.read_csv(results / "leaderboard.csv")
+    rows = board.set_index(["dataset", "method"])
+    for dataset in ("mnist5k", "linear_gaussian"):
+        nll = rows.loc[(dataset, "avi"), "test_nll_mean"]
+        assert 0 < nll < 1000 and rows.loc[(dataset, "avi"), "infer_ms_mean"] > 0
+        image = matplotlib.image.imread(results / f"pareto_{dataset}.png")
+        assert image.shape[0] > 200 and float(image[..., :3].std()) > 0.01  # a drawn figure, not blank
+    # the linear-Gaussian row shows the true NLL beside the estimate; the IS estimate is close to exact
+    assert not pd.isna(rows.loc[("linear_gaussian", "(true model)"), "test_nll_mean"])
+    lg = rows.loc[("linear_gaussian", "avi")]
+    assert abs(lg["test_nll_mean"] - lg["exact_nll_mean"]) < 0.5
+    markdown = (results / "leaderboard.md").read_text()
+    assert "## mnist5k" in markdown and "avi" in markdown and "S = 50" in markdown
+    assert (results / "leaderboard.tex").read_text().count("\\begin{tabular}") == 2
+    assert pd.read_parquet(results / "leaderboard.parquet").shape[0] == len(board)
+    long = pd.read_parquet(results / "metrics_long.parquet")
+    assert {"git_commit", "device_name", "config_hash", "date"} <= set(long.columns)
+    metrics = json.loads((results / "mnist5k/avi/seed0/metrics.json").read_text())
+    assert metrics["provenance"]["versions"]["torch"] == torch.__version__.split("+")[0] or \
+        metrics["provenance"]["versions"]["torch"].startswith(torch.__version__.split("+")[0])
+    assert (results / "mnist5k/avi/seed0/train.benchmark.tsv").exists()
+    # everything is cached: a second run has nothing to do
+    again = snakemake(tmp_path, TINY)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # a changed option reruns only the cells it touches
+    changed = {**TINY, "datasets": {**TINY["datasets"],
+                                    "linear_gaussian": {**TINY["datasets"]["linear_gaussian"], "train": {"epochs": 4}}}}
+    dry = snakemake(tmp_path, changed, "-n")
+    assert "linear_gaussian/avi/seed0/model.pt" in dry.stdout and "mnist5k/avi/seed0/model.pt" not in dry.stdout
+
+
+def test_bad_config_fails_before_any_job(tmp_path):
+    bad = {**TINY, "methods": ["avi", "not_a_method"]}
+    done = snakemake(tmp_path, bad)
+    assert done.returncode != 0
+    assert "not_a_method" in done.stderr + done.stdout
+    assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
+
+
+def test_killed_training_resumes_from_its_checkpoint(tmp_path):
+    """SIGKILL a real training process after its second epoch; the rerun resumes and ends with the
+    same model as an uninterrupted run."""
+    config = {**TINY, "datasets": {"linear_gaussian": {"data": {"n_train": 4000, "n_valid": 50, "n_test": 50}}},
+              "train": {"epochs": 40, "batch_size": 20, "lr": 1e-3}}
+    cell = cell_config(config, "linear_gaussian", "avi", 0)
+    data = tmp_path / "lg.pt"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    cli = [sys.executable, "-m", "benchmarks.cli"]
+    subprocess.run([*cli, "prepare", "linear_gaussian", "--options", json.dumps(cell["data"]),
+                    "--out", str(data)], check=True, env=env, capture_output=True)
+
+    def train(run_dir: Path) -> subprocess.Popen:
+        return subprocess.Popen([*cli, "train", "--cell", json.dumps(cell), "--data", str(data),
+                                 "--out", str(run_dir / "model.pt"), "--threads", "1", "--no-progress"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    straight = train(tmp_path / "straight")
+    interrupted = train(tmp_path / "killed")
+    checkpoint = tmp_path / "killed" / "state" / "last.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if checkpoint.exists() and torch.load(checkpoint, weights_only=False)["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    interrupted.send_signal(signal.SIGKILL)
+    interrupted.wait()
+    assert interrupted.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    assert not (tmp_path / "killed" / "model.pt").exists()
+    killed_at = torch.load(checkpoint, weights_only=False)["epoch"]
+    assert 1 <= killed_at < 39
+
+    resumed = train(tmp_path / "killed")
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    assert f"resumed from {checkpoint} after epoch" in output
+    assert straight.wait(timeout=600) == 0
+    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=False)
+    b = torch.load(tmp_path / "killed" / "model.pt", weights_only=False)
+    assert a["best_epoch"] == b["best_epoch"] and a["best_valid_elbo"] == b["best_valid_elbo"]
+    for key in a["state"]:
+        assert torch.equal(a["state"][key], b["state"][key]), key

@@ -1,0 +1,35 @@
+"""Perf cases report their measured ratios at the end of the run (no timed assertions anywhere)."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+RATIOS: list[str] = []
+
+
+def best_time(fn, repeats: int = 5, warmup: int = 1) -> float:
+    """Minimum wall time of fn() over `repeats` calls after `warmup` calls (seconds)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+@pytest.fixture
+def report_ratio():
+    def add(line: str) -> None:
+        RATIOS.append(line)
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter):
+    if RATIOS:
+        terminalreporter.section("amortbench perf ratios (measured in this run)")
+        for line in RATIOS:
+            terminalreporter.write_line(line)
