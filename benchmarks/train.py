@@ -183,7 +183,8 @@ def train(
         log.info("resumed from %s after epoch %d", checkpoint_path, checkpoint["epoch"])
     resumed_from = start_epoch
 
-    bar = _progress(range(start_epoch, cfg.epochs), cfg.epochs, start_epoch, progress)
+    total_epochs = method.train_epochs(cfg.epochs)
+    bar = _progress(range(start_epoch, total_epochs), total_epochs, start_epoch, progress)
     n_train = data.train.shape[0]
     batches_per_epoch = math.ceil(n_train / cfg.batch_size)
     stale = 0
@@ -226,11 +227,11 @@ def train(
                 f"{checkpoint_path} is kept. Lower train.lr or set train.grad_clip"
             )
         elapsed += time.perf_counter() - t0
-        improved = valid > best_valid
+        improved = valid > best_valid and method.selectable(epoch)
         if improved:
             best_state = copy.deepcopy(method.state_dict())
             best_epoch, best_valid, stale = epoch, valid, 0
-        else:
+        elif method.selectable(epoch):
             stale += 1
         history.append(
             {

@@ -131,6 +131,14 @@ class InferenceMethod(nn.Module, abc.ABC):
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for methods with staged training (e.g. mixture growth). Default: nothing."""
 
+    def train_epochs(self, configured: int) -> int:
+        """Total training epochs; staged methods derive it from their schedule. Default: train.epochs."""
+        return configured
+
+    def selectable(self, epoch: int) -> bool:
+        """Whether the state after `epoch` may be chosen by validation (e.g. only the final stage)."""
+        return True
+
     def inference_parameters(self) -> list[nn.Parameter]:
         """Parameters of the inference side (everything but the generative model)."""
         model_ids = {id(p) for p in self.model.parameters()}
