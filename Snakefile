@@ -16,7 +16,7 @@ min_version("9.0")
 ROOT = workflow.basedir
 sys.path.insert(0, ROOT)
 
-from benchmarks.config import cell_config, cells, data_options, validate  # noqa: E402
+from benchmarks.config import cell_config, cells, data_options, dataset_kind, validate  # noqa: E402
 
 
 if not config:
@@ -53,6 +53,7 @@ rule prepare_data:
     output:
         "data/prepared/{dataset}.pt",
     params:
+        kind=lambda w: dataset_kind(config, w.dataset),
         options=lambda w: json.dumps(data_options(config, w.dataset), sort_keys=True),
         python=PYTHON,
         data_dir=lambda w, output: Path(output[0]).parent.parent,
@@ -65,7 +66,7 @@ rule prepare_data:
     conda:
         "envs/amortbench.yaml"
     shell:
-        "{params.python} -m benchmarks.cli prepare {wildcards.dataset} --options {params.options:q}"
+        "{params.python} -m benchmarks.cli prepare {params.kind} --options {params.options:q}"
         " --data-dir {params.data_dir:q} --out {output:q} > {log:q} 2>&1"
 
 

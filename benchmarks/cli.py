@@ -102,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("prepare", help="fetch, verify and split a dataset")
-    s.add_argument("dataset")
+    s.add_argument("dataset", help="a registered dataset")
     s.add_argument("--options", default="{}", help="the dataset's data: options as JSON")
     s.add_argument("--data-dir", default="data")
     s.add_argument("--out", required=True)

@@ -152,7 +152,6 @@ def validate(config: dict) -> dict:
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     schema["properties"]["methods"]["items"]["enum"] = available_methods()
-    schema["properties"]["datasets"]["propertyNames"] = {"enum": available_datasets()}
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -161,6 +160,13 @@ def validate(config: dict) -> dict:
             location = "/".join(str(p) for p in err.absolute_path) or "<top level>"
             lines.append(f"  {location}: {err.message}")
         raise ConfigError("config does not match config/schema.yaml:\n" + "\n".join(lines))
+    for name in config["datasets"]:
+        kind = dataset_kind(config, name)
+        if kind not in available_datasets():
+            raise ConfigError(
+                f"datasets.{name}: unknown dataset {kind!r}; available datasets: {available_datasets()} "
+                "(a dataset entry's key names a registered dataset, or it sets `dataset:` to one)"
+            )
     for dataset, method, seed in cells(config):
         resolve_cell(config, dataset, method, seed)
     return config
@@ -179,6 +185,14 @@ def cells(config: dict) -> list[tuple[str, str, int]]:
     return out
 
 
+def dataset_kind(config: dict, name: str) -> str:
+    """The registered dataset behind a config entry: its `dataset:` field, else the entry's key.
+
+    Entries are instances, so one registered dataset can appear twice with different options
+    (e.g. the synthetic oracle with its generator fixed and learned)."""
+    return (config["datasets"][name] or {}).get("dataset", name)
+
+
 def cell_config(config: dict, dataset: str, method: str, seed: int) -> dict:
     """The effective, self-contained configuration of one cell (a plain dict, JSON-serializable)."""
     ds = config["datasets"][dataset] or {}
@@ -189,6 +203,7 @@ def cell_config(config: dict, dataset: str, method: str, seed: int) -> dict:
     train = deep_merge(train, method_local.pop("train", None))
     return {
         "dataset": dataset,
+        "dataset_kind": dataset_kind(config, dataset),
         "method": method,
         "seed": int(seed),
         "device": config.get("device", "auto"),
@@ -218,7 +233,7 @@ def resolve_cell(config: dict, dataset: str, method: str, seed: int) -> dict:
 
     cell = cell_config(config, dataset, method, seed)
     where = f"datasets.{dataset}"
-    dataset_cls = dataset_class(dataset)
+    dataset_cls = dataset_class(cell["dataset_kind"])
     from_dict(dataset_cls, cell["data"], f"{where}.data")
     family_options(dataset_cls, cell["model"], f"{where}.model")
     from_dict(TrainConfig, cell["train"], f"train (cell {dataset}/{method})")

@@ -163,6 +163,13 @@ def train(
 ) -> TrainResult:
     """Train `method` (which holds the model) on `data`; resumable through `state_dir/last.pt`."""
     method.to(device)
+    if not any(p.requires_grad for p in method.parameters()):
+        # e.g. SVI on a fixed generator: inference is all test-time work, nothing to fit
+        valid = validation_elbo(method, data, cfg, device)
+        log.info("no trainable parameters: nothing to train (valid ELBO %.4f)", valid)
+        history = [{"epoch": 0, "train_loss": float("nan"), "valid_elbo": valid, "lr": 0.0, "beta": 1.0,
+                    "seconds": 0.0}]
+        return TrainResult(copy.deepcopy(method.state_dict()), 0, valid, history, 0.0, 0)
     optimizer = make_optimizer(method, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.lr_factor)
     checkpoint_path = state_dir / "last.pt"

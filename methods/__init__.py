@@ -1,7 +1,8 @@
 """Registry of inference methods: one module per method, found without editing any list.
 
-Every module in this package (except ``base``) defines one ``InferenceMethod`` subclass whose ``name``
-equals the module's name; defining it registers it. ``method_class(name)`` imports on demand.
+Every module in this package (except ``base`` and private helpers named ``_*``) defines one
+``InferenceMethod`` subclass whose ``name`` equals the module's name; defining it registers it.
+``method_class(name)`` imports on demand.
 """
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ def register(cls: type) -> type:
 def available_methods() -> list[str]:
     """Names of all method modules (no import needed)."""
     return sorted(
-        m.name for m in pkgutil.iter_modules([str(_PACKAGE_DIR)]) if m.name not in _NOT_METHODS
+        m.name
+        for m in pkgutil.iter_modules([str(_PACKAGE_DIR)])
+        if m.name not in _NOT_METHODS and not m.name.startswith("_")
     )
 
 

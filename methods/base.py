@@ -96,12 +96,15 @@ class InferenceMethod(nn.Module, abc.ABC):
     """Base class of all methods. Holds the shared generative model as ``self.model``.
 
     Subclasses set ``name`` (the registry key, equal to the module name) and ``Config`` (a dataclass of
-    options with defaults) and implement ``posterior``. ``loss`` defaults to the negative annealed ELBO
+    options with defaults), optionally ``test_config`` (small options the generic tests use), and
+    implement ``posterior``. ``loss`` defaults to the negative annealed ELBO
     with ``config.train_samples`` samples, estimated by the shared estimator.
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type]
+    #: options for the generic tests: small and numerically safe settings (benchopt's test_config)
+    test_config: ClassVar[dict] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -9,6 +9,8 @@ from methods.base import Step
 def fit(method, data, steps: int = 200, lr: float = 1e-2, batch_size: int = 100, seed: int = 0) -> list[float]:
     """A few hundred Adam steps of the method's own loss on the train split; returns the losses."""
     params = [p for p in method.parameters() if p.requires_grad]
+    if not params:  # e.g. SVI on a fixed generator: nothing to train
+        return []
     optimizer = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(seed)
     losses, step = [], 0

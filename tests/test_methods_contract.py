@@ -17,7 +17,7 @@ METHODS = available_methods()
 def make(name, data, model_options=None, seed=0):
     torch.manual_seed(seed)
     model = models.build(data, model_options or {})
-    return build_method(name, model, {})
+    return build_method(name, model, method_class(name).test_config)
 
 
 def test_registry_finds_every_module():

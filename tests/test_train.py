@@ -123,3 +123,11 @@ def test_kl_warmup_reaches_the_loss(lg_data):
     kl = float((log_q - terms_model.log_prior(z)).mean())
     assert values[1.0] - values[0.0] == pytest.approx(kl, rel=1e-4)
     assert math.isfinite(values[0.0])
+
+
+def test_method_without_trainable_parameters_is_evaluated_not_trained(lg_data, tmp_path):
+    model = models.build(lg_data, {"fixed_to_truth": True})
+    method = build_method("svi", model, {"steps": 5, "lr": 0.05})
+    _, result = run(lg_data, tmp_path, method=method)
+    assert len(result.history) == 1 and math.isfinite(result.best_valid_elbo)
+    assert not (tmp_path / "last.pt").exists()

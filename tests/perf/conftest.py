@@ -21,6 +21,13 @@ def best_time(fn, repeats: int = 5, warmup: int = 1) -> float:
 
 
 @pytest.fixture
+def measured(request):
+    """Skip ratio measurements when benchmarks are disabled (`make test`); `make bench` runs them."""
+    if request.config.getoption("benchmark_disable"):
+        pytest.skip("timing ratios are measured by `make bench` (benchmarks are disabled in `make test`)")
+
+
+@pytest.fixture
 def report_ratio():
     def add(line: str) -> None:
         RATIOS.append(line)
