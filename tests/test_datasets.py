@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import datasets
-from benchmarks.datasets import DataSplits, prepare
+from benchmarks.datasets import images as datasets
+from benchmarks.datasets import DataSplits, LinearGaussianData, prepare
 from benchmarks.errors import ConfigError, DataError
 
 
@@ -57,7 +57,7 @@ def test_prepared_file_round_trip_and_corruption(tmp_path):
 
 
 def test_linear_gaussian_is_seeded_and_true_nll_is_exact():
-    spec = datasets.LinearGaussianData(x_dim=5, latent_dim=2, n_test=300, seed=9)
+    spec = LinearGaussianData(x_dim=5, latent_dim=2, n_test=300, seed=9)
     a, b = spec.build(None), spec.build(None)
     assert torch.equal(a.test, b.test)
     t = a.meta["truth"]
@@ -99,7 +99,7 @@ def write_fashion_fixture(folder: Path, n_train: int = 30, n_test: int = 10, com
 @pytest.fixture
 def fashion_fixture(tmp_path, monkeypatch):
     fixture = write_fashion_fixture(tmp_path / "raw" / "fashion_mnist")
-    monkeypatch.setattr(datasets, "FASHION_RAW_MD5", fixture["checksums"])
+    monkeypatch.setattr(datasets.FashionMnist, "RAW_MD5", fixture["checksums"])
     monkeypatch.setattr(datasets, "DEBIAN_FASHION_DIR", str(tmp_path / "no-debian-here"))
     return tmp_path, fixture
 

@@ -1,0 +1,188 @@
+"""The prepared-data container, the dataset registry and shared helpers.
+
+A dataset is a dataclass of options (registered with ``@dataset``) whose ``build(data_dir)`` returns a
+``DataSplits``: train / valid / test tensors, the likelihood family they take and the modality. The
+``prepare`` stage saves it with ``save`` (plus a sha256 sidecar); training and evaluation ``load`` it and
+refuse a file whose checksum no longer matches.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+from ..io import torch_save, write_text
+
+PREPARED_FORMAT = "amortbench.prepared/1"
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class DataSplits:
+    """Prepared data of one dataset. Tensors are stored compactly (uint8 where possible)."""
+
+    name: str
+    modality: str  # "image" | "vector" | "sequence"
+    likelihood: str  # "bernoulli" | "gaussian" | ...
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    train_transform: str = "none"  # "none" | "dynamic_binarize" (train holds gray levels 0..255)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def x_dim(self) -> int:
+        return int(np.prod(self.test.shape[1:]))
+
+    def split(self, name: str) -> torch.Tensor:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}")
+        return getattr(self, name)
+
+    def to_model_input(self, raw: torch.Tensor, split: str, generator: torch.Generator | None) -> torch.Tensor:
+        """Model-ready float tensor for a slice of a split (dynamic binarization of train here)."""
+        if split == "train" and self.train_transform == "dynamic_binarize":
+            return torch.bernoulli(raw.float() / 255.0, generator=generator)
+        if self.modality == "sequence":
+            return raw.long()  # token ids, padded with -1
+        if self.likelihood == "discrete_pixels":
+            return raw.float() / 255.0  # 8-bit pixels as k / 255 in [0, 1]
+        return raw.float()
+
+    def batches(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+        limit: int | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Minibatches of a split (the last may be smaller), moved to `device`.
+
+        Sequences: shuffled batches are formed from length-sorted buckets of 20 batches (less padding),
+        and each batch is trimmed to its longest sequence.
+        """
+        data = self.split(split)
+        n = data.shape[0] if limit is None else min(limit, data.shape[0])
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        batches = list(order.split(batch_size))
+        if self.modality == "sequence" and shuffle:
+            lengths = (data[:n] >= 0).sum(1)
+            bucket = 20 * batch_size
+            chunks = [c[torch.argsort(lengths[c], stable=True)] for c in order.split(bucket)]
+            batches = list(torch.cat(chunks).split(batch_size))
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+        for idx in batches:
+            raw = data[idx]
+            if self.modality == "sequence":
+                raw = raw[:, : max(1, int((raw >= 0).sum(1).max()))]
+            yield self.to_model_input(raw, split, generator).to(device)
+
+    def save(self, path: str | Path, options: dict) -> None:
+        """Write the prepared file and `<path>.sha256` (checked by ``load``)."""
+        payload = {
+            "format": PREPARED_FORMAT,
+            "options": options,
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+        }
+        torch_save(path, payload)
+        write_text(checksum_path(path), sha256_of(Path(path)) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DataSplits":
+        path = Path(path)
+        if not path.exists():
+            raise DataError(f"prepared data {path} does not exist; run `snakemake {path}` to prepare it")
+        sidecar = checksum_path(path)
+        if sidecar.exists() and sidecar.read_text().strip() != sha256_of(path):
+            raise DataError(
+                f"prepared data {path} does not match its checksum {sidecar} (corrupt or truncated); "
+                "delete both files and rerun the pipeline to prepare them again"
+            )
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated or foreign file
+            raise DataError(
+                f"prepared data {path} is unreadable ({type(exc).__name__}: {exc}); delete it and "
+                "rerun the pipeline to prepare it again"
+            ) from None
+        if not isinstance(payload, dict) or payload.get("format") != PREPARED_FORMAT:
+            raise DataError(f"{path} is not an amortbench prepared-data file ({PREPARED_FORMAT})")
+        return cls(**{f.name: payload[f.name] for f in dataclasses.fields(cls)})
+
+
+# --------------------------------------------------------------------------------------------------
+# registry
+
+_DATASETS: dict[str, type] = {}
+
+
+def dataset(name: str, *, default_family: str, families: tuple[str, ...] | None = None):
+    """Class decorator registering a dataset options dataclass under `name`."""
+
+    def register(cls: type) -> type:
+        cls = dataclass(cls)
+        cls.name = name
+        cls.default_family = default_family
+        cls.families = families or (default_family,)
+        _DATASETS[name] = cls
+        return cls
+
+    return register
+
+
+def available_datasets() -> list[str]:
+    return sorted(_DATASETS)
+
+
+def dataset_class(name: str) -> type:
+    if name not in _DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; available datasets: {available_datasets()}")
+    return _DATASETS[name]
+
+
+def checksum_path(path: str | Path) -> Path:
+    return Path(f"{path}.sha256")
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    return file_digest(path, "sha256")
+
+
+def md5_of(path: Path) -> str:
+    return file_digest(path, "md5")
+
+
+def split_indices(n: int, sizes: dict[str, int], seed: int) -> dict[str, np.ndarray]:
+    """A seeded random partition of range(n): test first, then valid; train takes the rest."""
+    if sizes["test"] + sizes["valid"] >= n:
+        raise ConfigError(f"valid ({sizes['valid']}) + test ({sizes['test']}) must be < {n} examples")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test, n_valid = sizes["test"], sizes["valid"]
+    return {"test": perm[:n_test], "valid": perm[n_test : n_test + n_valid], "train": perm[n_test + n_valid :]}
+
+
+def prepare(name: str, options: dict | None, data_dir: str | Path) -> DataSplits:
+    """Build dataset `name` with its `data:` options (validated) from files under `data_dir`."""
+    from ..config import from_dict
+
+    spec = from_dict(dataset_class(name), options or {}, f"datasets.{name}.data")
+    return spec.build(Path(data_dir))
+
+
