@@ -29,6 +29,19 @@ THREADS = config.get("threads", 1)
 CELLS = cells(config)
 DATASETS = sorted({dataset for dataset, _, _ in CELLS})
 PYTHON = f"PYTHONPATH={ROOT} {sys.executable}"
+DEFAULT_RESOURCES = {
+    "prepare_data": {"mem_mb": 8000},
+    "train": {"mem_mb": 4000},
+    "evaluate": {"mem_mb": 4000},
+    "report": {"mem_mb": 2000},
+}
+
+
+def resources_of(rule_name):
+    """Per-rule resources: defaults above, overridden by the config's `resources:` (e.g. gpu: 1)."""
+    return {**DEFAULT_RESOURCES[rule_name], **(config.get("resources") or {}).get(rule_name, {})}
+
+
 REPORT_FILES = expand("results/leaderboard.{ext}", ext=["md", "csv", "tex", "parquet"])
 PARETO_PLOTS = expand("results/pareto_{dataset}.png", dataset=DATASETS)
 
@@ -51,23 +64,24 @@ rule all:
 
 rule prepare_data:
     output:
-        "data/prepared/{dataset}.pt",
+        data="data/prepared/{dataset}.pt",
+        checksum="data/prepared/{dataset}.pt.sha256",
     params:
         kind=lambda w: dataset_kind(config, w.dataset),
         options=lambda w: json.dumps(data_options(config, w.dataset), sort_keys=True),
         python=PYTHON,
-        data_dir=lambda w, output: Path(output[0]).parent.parent,
+        data_dir=lambda w, output: Path(output.data).parent.parent,
     log:
         "data/prepared/{dataset}.log",
     benchmark:
         "data/prepared/{dataset}.benchmark.tsv"
     resources:
-        mem_mb=8000,
+        **resources_of("prepare_data"),
     conda:
         "envs/amortbench.yaml"
     shell:
         "{params.python} -m benchmarks.cli prepare {params.kind} --options {params.options:q}"
-        " --data-dir {params.data_dir:q} --out {output:q} > {log:q} 2>&1"
+        " --data-dir {params.data_dir:q} --out {output.data:q} > {log:q} 2>&1"
 
 
 rule train:
@@ -86,7 +100,7 @@ rule train:
         "results/{dataset}/{method}/seed{seed}/train.benchmark.tsv"
     threads: THREADS
     resources:
-        mem_mb=4000,
+        **resources_of("train"),
     conda:
         "envs/amortbench.yaml"
     shell:
@@ -109,7 +123,7 @@ rule evaluate:
         "results/{dataset}/{method}/seed{seed}/evaluate.benchmark.tsv"
     threads: THREADS
     resources:
-        mem_mb=4000,
+        **resources_of("evaluate"),
     conda:
         "envs/amortbench.yaml"
     shell:
@@ -129,6 +143,8 @@ rule report:
         out_dir=lambda w, output: Path(output[0]).parent,
     log:
         "results/report.log",
+    resources:
+        **resources_of("report"),
     conda:
         "envs/amortbench.yaml"
     shell:

@@ -7,6 +7,8 @@ Metrics (nats per datapoint, means over test points):
 * ``test_kl``    E_q[log q - log p(z)];  ``test_log_likelihood`` E_q[log p(x|z)]
 * ``active_units``  #{d : Cov_x(E_q[z_d]) > threshold} (Burda et al. 2016, threshold 0.01)
 * ``ess_fraction``  mean effective sample size of the importance weights over S
+* ``test_ppl``   text: exp(sum of NLL / number of tokens), </s> included (per-word perplexity)
+* ``test_bits_per_dim``  discretized images: test_nll / (D ln 2)
 * ``exact_nll``  -log p_theta(x) in closed form where the model family has it (linear_gaussian)
 * ``true_nll``   NLL under the data-generating model where the dataset knows it
 * ``infer_ms_per_example``  wall time of ``posterior(x).sample(1)`` (all test-time work plus one draw)
@@ -15,6 +17,7 @@ Metrics (nats per datapoint, means over test points):
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -73,7 +76,10 @@ def evaluate(method, data: DataSplits, cfg: EvalConfig, device: torch.device) ->
     model = method.model
     method.eval()
     log_px, elbos, log_liks, kls, ess, means, exact = [], [], [], [], [], [], []
+    tokens = 0
     for x in data.batches("test", cfg.batch_size, device=device, limit=cfg.max_test_points):
+        if data.modality == "sequence":
+            tokens += int((x >= 0).sum())
         with torch.no_grad():  # methods that optimize at test time enable gradients inside
             posterior = method.posterior(x)
         chunk = chunk_size(cfg.is_samples, x.shape[0], model.output_elements(), cfg.max_chunk_elements)
@@ -115,6 +121,11 @@ def evaluate(method, data: DataSplits, cfg: EvalConfig, device: torch.device) ->
     }
     if exact:
         metrics["exact_nll"] = float(-torch.cat(exact).mean())
+    if data.modality == "sequence":  # per-word perplexity, </s> counted as a word
+        metrics["test_ppl"] = math.exp(float(-log_px_all.sum()) / tokens)
+        metrics["tokens_per_sequence"] = tokens / n
+    if data.meta.get("bits_per_dim"):
+        metrics["test_bits_per_dim"] = metrics["test_nll"] / (data.x_dim * math.log(2.0))
     if "true_nll" in data.meta and cfg.max_test_points is None:
         metrics["true_nll"] = float(data.meta["true_nll"])
     return metrics

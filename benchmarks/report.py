@@ -33,6 +33,8 @@ LEADERBOARD_METRICS = {  # column -> (metric, aggregation shown)
     "train_s": "train_seconds",
     "params_inference": "params_inference",
     "exact_nll": "exact_nll",
+    "ppl": "test_ppl",
+    "bpd": "test_bits_per_dim",
 }
 
 
@@ -118,7 +120,8 @@ def display_table(board: pd.DataFrame) -> pd.DataFrame:
     out["test NLL"] = [_fmt(m, s, 2) for m, s in zip(board["test_nll_mean"], board.get("test_nll_std"))]
     out["seeds"] = board["seeds"].astype(int)
     spec = [("ELBO", "test_elbo", 2), ("KL", "test_kl", 2), ("AU", "active_units", 1),
-            ("infer ms/ex", "infer_ms", 4), ("train s", "train_s", 1), ("exact NLL", "exact_nll", 2)]
+            ("infer ms/ex", "infer_ms", 4), ("train s", "train_s", 1), ("exact NLL", "exact_nll", 2),
+            ("PPL", "ppl", 2), ("bits/dim", "bpd", 3)]
     for title, column, digits in spec:
         if f"{column}_mean" in board and board[f"{column}_mean"].notna().any():
             out[title] = [_fmt(m, s, digits) for m, s in zip(board[f"{column}_mean"], board.get(f"{column}_std"))]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from benchmarks import models
+from benchmarks.datasets import DataSplits
 from benchmarks.estimators import elbo, importance_sample
 from methods import available_methods, build_method, method_class
 from methods.base import InferenceMethod, Posterior, Step
@@ -79,3 +80,38 @@ def test_bounds_and_is_nll_against_exact_log_px(name, lg_data):
     estimate = importance_sample(model, posterior, x, 5000, chunk=1000)
     assert float((estimate.log_px - exact).abs().mean()) < 0.05
     assert float(estimate.elbo.mean()) <= float(estimate.log_px.mean())
+
+
+def tiny_family_data(family: str):
+    """In-memory data + model options for one step of every method on every model family."""
+    g = torch.Generator().manual_seed(0)
+    if family == "conv_image":
+        pixels = (torch.rand(12, 3, 16, 16, generator=g) * 255).to(torch.uint8)
+        data = DataSplits("celeba", "image", "discrete_pixels", pixels, pixels[:4], pixels[:4],
+                          meta={"image_shape": [3, 16, 16], "bits_per_dim": True})
+        return data, {"latent_dim": 3, "channels": [4, 8], "features": 16}
+    tokens = torch.randint(0, 12, (12, 6), generator=g)
+    tokens[::3, 4:] = -1  # some shorter sequences
+    data = DataSplits("yahoo", "sequence", "categorical", tokens, tokens[:4], tokens[:4], meta={"vocab_size": 12})
+    wiring = {} if family == "lstm_text" else {"z_to_input": False, "z_to_hidden": False, "z_to_output": True}
+    return data, {"latent_dim": 3, "embed_dim": 8, "hidden": 10, **wiring}
+
+
+@pytest.mark.parametrize("family", ["conv_image", "lstm_text", "lstm_oracle"])
+@pytest.mark.parametrize("name", METHODS)
+def test_one_training_step_on_every_family(name, family):
+    data, options = tiny_family_data(family)
+    method = make(name, data, options)
+    params = [p for p in method.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    x = next(data.batches("train", 6, shuffle=True, generator=torch.Generator().manual_seed(1)))
+    loss = method.loss(x, Step())
+    optimizer.zero_grad()
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.model.parameters())
+    optimizer.step()
+    with torch.no_grad():
+        posterior = method.posterior(x)
+    estimate = importance_sample(method.model, posterior, x, 8)
+    assert torch.isfinite(estimate.log_px).all() and estimate.log_px.shape == (x.shape[0],)
