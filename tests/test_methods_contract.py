@@ -75,7 +75,7 @@ def test_bounds_and_is_nll_against_exact_log_px(name, lg_data):
     torch.manual_seed(0)
     with torch.no_grad():
         posterior = method.posterior(x)
-    bound = elbo(model, posterior, x, 200).double()
+        bound = elbo(model, posterior, x, 200).double()
     assert float(bound.mean()) < float(exact.mean())
     estimate = importance_sample(model, posterior, x, 5000, chunk=1000)
     assert float((estimate.log_px - exact).abs().mean()) < 0.05
