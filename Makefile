@@ -7,7 +7,7 @@ CONFIG ?= config/default.yaml
 PROFILE ?= profiles/local
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test bench lint dry-run clean
+.PHONY: setup run report test bench lint dry-run clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,11 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/snakemake --profile $(PROFILE) --cores $(CORES) --configfile $(CONFIG)
 	@echo "leaderboard: results/leaderboard.md   plots: results/pareto_*.png"
+
+# Snakemake's self-contained report bundle (after `make run`): leaderboards, plots, figures, curves.
+report: setup
+	$(BIN)/snakemake --profile $(PROFILE) --configfile $(CONFIG) --report results/report.html
+	@echo "report: results/report.html   (also results/index.html)"
 
 test: setup
 	$(BIN)/python -m pytest

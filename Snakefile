@@ -33,6 +33,7 @@ DEFAULT_RESOURCES = {
     "prepare_data": {"mem_mb": 8000},
     "train": {"mem_mb": 4000},
     "evaluate": {"mem_mb": 4000},
+    "figures": {"mem_mb": 4000},
     "report": {"mem_mb": 2000},
 }
 
@@ -44,6 +45,11 @@ def resources_of(rule_name):
 
 REPORT_FILES = expand("results/leaderboard.{ext}", ext=["md", "csv", "tex", "parquet"])
 PARETO_PLOTS = expand("results/pareto_{dataset}.png", dataset=DATASETS)
+CURVES = expand("results/curves_{dataset}.png", dataset=DATASETS)
+RUNS = [f"results/{d}/{m}/seed{s}" for d, m, s in CELLS]
+
+
+report: "report/workflow.rst"
 
 
 wildcard_constraints:
@@ -60,6 +66,9 @@ rule all:
     input:
         REPORT_FILES,
         PARETO_PLOTS,
+        CURVES,
+        "results/index.html",
+        [f"{run}/samples.png" for run in RUNS],
 
 
 rule prepare_data:
@@ -131,16 +140,52 @@ rule evaluate:
         " --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
+rule figures:
+    input:
+        data="data/prepared/{dataset}.pt",
+        model="results/{dataset}/{method}/seed{seed}/model.pt",
+    output:
+        reconstructions=report(
+            "results/{dataset}/{method}/seed{seed}/reconstructions.png",
+            caption="report/reconstructions.rst",
+            category="Reconstructions",
+            subcategory="{dataset}",
+            labels={"method": "{method}", "seed": "{seed}"},
+        ),
+        samples=report(
+            "results/{dataset}/{method}/seed{seed}/samples.png",
+            caption="report/samples.rst",
+            category="Samples",
+            subcategory="{dataset}",
+            labels={"method": "{method}", "seed": "{seed}"},
+        ),
+    params:
+        python=PYTHON,
+        out_dir=lambda w, output: Path(output.samples).parent,
+    log:
+        "results/{dataset}/{method}/seed{seed}/figures.log",
+    resources:
+        **resources_of("figures"),
+    conda:
+        "envs/amortbench.yaml"
+    shell:
+        "{params.python} -m benchmarks.cli figures --model {input.model:q} --data {input.data:q}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
+
+
 rule report:
     input:
-        [f"results/{d}/{m}/seed{s}/metrics.json" for d, m, s in CELLS],
+        metrics=[f"{run}/metrics.json" for run in RUNS],
+        histories=[f"{run}/train_log.csv" for run in RUNS],
     output:
         REPORT_FILES,
-        PARETO_PLOTS,
+        [report(p, caption="report/pareto.rst", category="Pareto plots") for p in PARETO_PLOTS],
+        [report(p, caption="report/curves.rst", category="Training curves") for p in CURVES],
+        page=report("results/index.html", caption="report/leaderboard.rst", category="Leaderboards"),
     params:
         python=PYTHON,
         expected=json.dumps(CELLS),
-        out_dir=lambda w, output: Path(output[0]).parent,
+        out_dir=lambda w, output: Path(output.page).parent,
     log:
         "results/report.log",
     resources:
@@ -148,5 +193,5 @@ rule report:
     conda:
         "envs/amortbench.yaml"
     shell:
-        "{params.python} -m benchmarks.cli report {input:q} --out-dir {params.out_dir:q}"
+        "{params.python} -m benchmarks.cli report {input.metrics:q} --out-dir {params.out_dir:q}"
         " --expected {params.expected:q} > {log:q} 2>&1"

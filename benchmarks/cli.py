@@ -3,6 +3,7 @@
     prepare   dataset options -> data/prepared/<dataset>.pt
     train     cell config + prepared data -> model.pt (resumable via --state-dir)
     evaluate  model.pt + prepared data -> metrics.json
+    figures   model.pt + prepared data -> reconstructions.png, samples.png
     report    metrics.json files -> leaderboard.{md,csv,tex,parquet}, pareto_<dataset>.png
     validate  check a suite config file against the schema and registries
 
@@ -80,6 +81,23 @@ def cmd_evaluate(args) -> None:
                  payload["method"], m["test_nll"], m["test_elbo"], m["infer_ms_per_example"])
 
 
+def cmd_figures(args) -> None:
+    import torch
+
+    from methods import build_method
+
+    from . import models
+    from .datasets import DataSplits
+    from .figures import draw
+
+    saved = torch.load(args.model, map_location="cpu", weights_only=False)
+    data = DataSplits.load(args.data)
+    cell = saved["cell"]
+    method = build_method(cell["method"], models.build(data, cell["model"]), cell["method_config"])
+    method.load_state_dict(saved["state"])
+    draw(method.eval(), data, Path(args.out_dir))
+
+
 def cmd_report(args) -> None:
     from .report import build_report
 
@@ -123,6 +141,12 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--no-progress", action="store_true")
         else:
             s.add_argument("--model", required=True)
+
+    s = sub.add_parser("figures", help="reconstruction and sample figures of one trained cell")
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(func=cmd_figures)
 
     s = sub.add_parser("report", help="merge metrics into leaderboards and Pareto plots")
     s.add_argument("metrics", nargs="*", help="metrics.json files (default: all under --results-dir)")

@@ -5,6 +5,8 @@
   (n seeds shown), ELBO, KL, active units, inference ms/example, train time, parameters. Cells the
   config expects but that have no result are listed as missing; a known true NLL is a row of its own.
 * ``pareto_<dataset>.png``: test NLL against inference time per example (log x), the Pareto front drawn.
+* ``curves_<dataset>.png``: validation ELBO per epoch of every run.
+* ``index.html``: one self-contained page with all of the above (images embedded), for a browser.
 """
 from __future__ import annotations
 
@@ -216,14 +218,51 @@ def pareto_plot(board: pd.DataFrame, dataset: str, path: Path) -> Path:
     return path
 
 
+def write_html(board: pd.DataFrame, long: pd.DataFrame, out_dir: Path, datasets: list[str]) -> Path:
+    """index.html: leaderboards and figures of every dataset, PNGs embedded as data URIs."""
+    import base64
+    import html
+
+    def image(path: Path, alt: str) -> str:
+        if not path.exists():
+            return ""
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>amortbench leaderboard</title>",
+             "<style>body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;"
+             "margin:1em 0} td,th{border:1px solid #bbb;padding:4px 8px;text-align:right} "
+             "td:first-child,th:first-child{text-align:left} img{max-width:48%;margin:4px}</style></head><body>",
+             "<h1>amortbench leaderboard</h1>"]
+    for dataset in datasets:
+        group = board[board["dataset"] == dataset]
+        parts.append(f"<h2 id='{html.escape(dataset)}'>{html.escape(dataset)}</h2>")
+        parts.append(f"<p>{html.escape(_dataset_info(group, long, dataset))}</p>")
+        parts.append(display_table(group).to_html(index=False, classes="leaderboard", escape=True, border=0))
+        parts.append(image(out_dir / f"pareto_{dataset}.png", f"Pareto plot {dataset}"))
+        parts.append(image(out_dir / f"curves_{dataset}.png", f"training curves {dataset}"))
+    parts.append("</body></html>")
+    path = out_dir / "index.html"
+    write_text(path, "\n".join(parts))
+    return path
+
+
 def build_report(metric_files: list[str | Path], out_dir: str | Path,
                  expected: list[tuple[str, str, int]] | None = None) -> pd.DataFrame:
-    """Merge results and write the leaderboard files and one Pareto plot per dataset."""
+    """Merge results; write the leaderboard files, Pareto plots, training curves and index.html."""
+    from .figures import training_curves
+
     out_dir = Path(out_dir)
-    long = long_table(read_metrics(metric_files))
+    records = read_metrics(metric_files)
+    long = long_table(records)
     board = leaderboard(long, expected)
     write_leaderboard(board, long, out_dir)
     datasets = sorted(set(board["dataset"])) if len(board) else []
     for dataset in datasets:
         pareto_plot(board, dataset, out_dir / f"pareto_{dataset}.png")
+        logs = {f"{Path(f).parent.parent.name} / {Path(f).parent.name}": Path(f).parent / "train_log.csv"
+                for f in metric_files if Path(f).parent.parent.parent.name == dataset}
+        training_curves({k: v for k, v in logs.items() if v.exists()}, out_dir / f"curves_{dataset}.png",
+                        f"{dataset}: validation ELBO")
+    write_html(board, long, out_dir, datasets)
     return board

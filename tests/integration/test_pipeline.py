@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import torch
 import yaml
 
 from benchmarks.config import REPO_ROOT, cell_config
+from benchmarks.io import _umask
 
 pytestmark = pytest.mark.integration
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -42,9 +44,17 @@ def snakemake(workdir: Path, config: dict, *extra: str) -> subprocess.CompletedP
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
-def test_pipeline_end_to_end(tmp_path):
-    done = snakemake(tmp_path, TINY)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny pipeline, run once for the tests of this module that only read its outputs."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    done = snakemake(workdir, TINY)
     assert done.returncode == 0, done.stderr[-3000:]
+    return workdir
+
+
+def test_pipeline_end_to_end(tiny_run):
+    tmp_path = tiny_run
     results = tmp_path / "results"
     board = pd.read_csv(results / "leaderboard.csv")
     rows = board.set_index(["dataset", "method"])
@@ -67,6 +77,10 @@ def test_pipeline_end_to_end(tmp_path):
     assert metrics["provenance"]["versions"]["torch"] == torch.__version__.split("+")[0] or \
         metrics["provenance"]["versions"]["torch"].startswith(torch.__version__.split("+")[0])
     assert (results / "mnist5k/avi/seed0/train.benchmark.tsv").exists()
+    for figure in ("reconstructions.png", "samples.png"):
+        image = matplotlib.image.imread(results / "mnist5k/avi/seed0" / figure)
+        assert float(image[..., :3].std()) > 0.01
+    assert oct((results / "leaderboard.md").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
     # everything is cached: a second run has nothing to do
     again = snakemake(tmp_path, TINY)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
@@ -164,3 +178,41 @@ def test_corrupt_raw_file_stops_before_any_training(tmp_path):
     assert "train-images-idx3-ubyte.gz is corrupt or truncated" in log
     assert not (tmp_path / "data/prepared/fashion_mnist.pt").exists()
     assert not (tmp_path / "results").exists()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000", *args,
+           page.resolve().as_uri()]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def not_blank(png: Path) -> bool:
+    image = matplotlib.image.imread(png)[..., :3]
+    return float(image.std()) > 0.05 and float((image < 0.9).mean()) > 0.02
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_pages_render_in_a_browser(tiny_run, tmp_path):
+    """The Snakemake report bundle and results/index.html, rendered by headless Chromium."""
+    bundle = tiny_run / "report.html"
+    made = subprocess.run([*SNAKEMAKE, "--snakefile", str(REPO_ROOT / "Snakefile"), "--directory", str(tiny_run),
+                           "--configfile", str(tiny_run / "config.yaml"), "--report", str(bundle)],
+                          capture_output=True, text=True, timeout=600)
+    assert made.returncode == 0, made.stderr[-2000:]
+    dom = chromium(bundle, tmp_path / "profile", "--dump-dom").stdout
+    for category in ("Leaderboards", "Pareto plots", "Training curves", "Reconstructions", "Samples"):
+        assert category in dom, category
+    chromium(bundle, tmp_path / "profile", "--window-size=1280,900", f"--screenshot={tmp_path / 'bundle.png'}")
+    assert not_blank(tmp_path / "bundle.png")
+
+    page = tiny_run / "results" / "index.html"
+    dom = chromium(page, tmp_path / "profile", "--dump-dom").stdout
+    assert dom.count("<table") == 2 and "<td>avi</td>" in dom and "<td>(true model)</td>" in dom
+    assert dom.count('src="data:image/png;base64,') == 4  # a Pareto plot and training curves per dataset
+    chromium(page, tmp_path / "profile", "--window-size=1280,1400", f"--screenshot={tmp_path / 'page.png'}")
+    assert not_blank(tmp_path / "page.png")
