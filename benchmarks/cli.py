@@ -102,7 +102,14 @@ def cmd_report(args) -> None:
     from .report import build_report
 
     expected = [tuple(c) for c in _json_arg(args.expected)] if args.expected else None
-    files = list(args.metrics) or sorted(Path(args.results_dir).glob("*/*/seed*/metrics.json"))
+    files = list(args.metrics)
+    if not files and expected is not None:  # a partial report: the expected cells that finished
+        candidates = [Path(args.results_dir) / d / m / f"seed{s}" / "metrics.json" for d, m, s in expected]
+        files = [f for f in candidates if f.exists()]
+    elif not files:
+        files = sorted(Path(args.results_dir).glob("*/*/seed*/metrics.json"))
+    if not files:
+        raise AmortbenchError(f"no metrics.json files to report under {args.results_dir}")
     board = build_report(files, args.out_dir, expected)
     logging.info("leaderboard of %d rows written to %s", len(board), args.out_dir)
 

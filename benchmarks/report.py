@@ -265,4 +265,17 @@ def build_report(metric_files: list[str | Path], out_dir: str | Path,
         training_curves({k: v for k, v in logs.items() if v.exists()}, out_dir / f"curves_{dataset}.png",
                         f"{dataset}: validation ELBO")
     write_html(board, long, out_dir, datasets)
+    write_environment(long, out_dir / "ENVIRONMENT.md")
     return board
+
+
+def write_environment(long: pd.DataFrame, path: Path) -> Path:
+    """What produced the numbers: each distinct (commit, device, torch) with the runs it covers."""
+    runs = long.drop_duplicates(["dataset", "method", "seed"])
+    groups = runs.groupby(["git_commit", "device_name", "torch"], dropna=False)
+    rows = [{"git commit": c, "device": d, "torch": t, "runs": len(g),
+             "first": g["date"].min(), "last": g["date"].max()} for (c, d, t), g in groups]
+    text = "# Environment of the results\n\n" + tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github",
+                                                           showindex=False) + "\n"
+    write_text(path, text)
+    return path
