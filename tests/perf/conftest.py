@@ -23,7 +23,8 @@ def best_time(fn, repeats: int = 5, warmup: int = 1) -> float:
 @pytest.fixture
 def measured(request):
     """Skip ratio measurements when benchmarks are disabled (`make test`); `make bench` runs them."""
-    if request.config.getoption("benchmark_disable"):
+    config = request.config
+    if config.getoption("benchmark_disable") and not config.getoption("benchmark_enable"):
         pytest.skip("timing ratios are measured by `make bench` (benchmarks are disabled in `make test`)")
 
 
