@@ -16,7 +16,15 @@ min_version("9.0")
 ROOT = workflow.basedir
 sys.path.insert(0, ROOT)
 
-from benchmarks.config import cell_config, cells, data_options, dataset_kind, validate  # noqa: E402
+from benchmarks.config import (  # noqa: E402
+    cell_config,
+    cells,
+    data_options,
+    dataset_kind,
+    gaps_enabled,
+    training_cell,
+    validate,
+)
 
 
 if not config:
@@ -34,6 +42,7 @@ DEFAULT_RESOURCES = {
     "train": {"mem_mb": 4000},
     "evaluate": {"mem_mb": 4000},
     "figures": {"mem_mb": 4000},
+    "gaps": {"mem_mb": 4000},
     "report": {"mem_mb": 2000},
 }
 
@@ -47,6 +56,14 @@ REPORT_FILES = expand("results/leaderboard.{ext}", ext=["md", "csv", "tex", "par
 PARETO_PLOTS = expand("results/pareto_{dataset}.png", dataset=DATASETS)
 CURVES = expand("results/curves_{dataset}.png", dataset=DATASETS)
 RUNS = [f"results/{d}/{m}/seed{s}" for d, m, s in CELLS]
+GAP_RUNS = [f"results/{d}/{m}/seed{s}" for d, m, s in CELLS if gaps_enabled(config, d, m, s)]
+
+
+def stage_options(section):
+    """A cell's options of one stage (eval, gaps) as JSON: a rule parameter, so editing them reruns
+    only that stage."""
+    return lambda w: json.dumps(cell_config(config, w.dataset, w.method, int(w.seed))[section], sort_keys=True)
+
 
 
 report: "report/workflow.rst"
@@ -110,7 +127,9 @@ rule train:
         model="results/{dataset}/{method}/seed{seed}/model.pt",
         history="results/{dataset}/{method}/seed{seed}/train_log.csv",
     params:
-        cell=lambda w: json.dumps(cell_config(config, w.dataset, w.method, int(w.seed)), sort_keys=True),
+        cell=lambda w: json.dumps(
+            training_cell(cell_config(config, w.dataset, w.method, int(w.seed))), sort_keys=True
+        ),
         python=PYTHON,
         state_dir="results/{dataset}/{method}/seed{seed}/state",
     log:
@@ -136,6 +155,7 @@ rule evaluate:
         "results/{dataset}/{method}/seed{seed}/metrics.json",
     params:
         python=PYTHON,
+        options=stage_options("eval"),
     log:
         "results/{dataset}/{method}/seed{seed}/evaluate.log",
     benchmark:
@@ -147,7 +167,30 @@ rule evaluate:
         "envs/amortbench.yaml"
     shell:
         "{params.python} -m benchmarks.cli evaluate --model {input.model:q} --data {input.data:q}"
-        " --out {output:q} --threads {threads} > {log:q} 2>&1"
+        " --eval {params.options:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule gaps:
+    input:
+        data="data/prepared/{dataset}.pt",
+        model="results/{dataset}/{method}/seed{seed}/model.pt",
+    output:
+        "results/{dataset}/{method}/seed{seed}/gaps.json",
+    params:
+        python=PYTHON,
+        options=stage_options("gaps"),
+    log:
+        "results/{dataset}/{method}/seed{seed}/gaps.log",
+    benchmark:
+        "results/{dataset}/{method}/seed{seed}/gaps.benchmark.tsv"
+    threads: THREADS
+    resources:
+        **resources_of("gaps"),
+    conda:
+        "envs/amortbench.yaml"
+    shell:
+        "{params.python} -m benchmarks.cli gaps --model {input.model:q} --data {input.data:q}"
+        " --options {params.options:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule figures:
@@ -187,11 +230,17 @@ rule report:
     input:
         metrics=[f"{run}/metrics.json" for run in RUNS],
         histories=[f"{run}/train_log.csv" for run in RUNS],
+        gaps=[f"{run}/gaps.json" for run in GAP_RUNS],
     output:
         REPORT_FILES,
         [report(p, caption="report/pareto.rst", category="Pareto plots") for p in PARETO_PLOTS],
         [report(p, caption="report/curves.rst", category="Training curves") for p in CURVES],
         page=report("results/index.html", caption="report/leaderboard.rst", category="Leaderboards"),
+        gap_tables=expand("results/gaps.{ext}", ext=["md", "csv", "tex"]) if GAP_RUNS else [],
+        gap_plots=[
+            report(p, caption="report/gaps.rst", category="Inference gaps")
+            for p in expand("results/gaps_{dataset}.png", dataset=sorted({r.split("/")[1] for r in GAP_RUNS}))
+        ],
     params:
         python=PYTHON,
         expected=json.dumps(CELLS),
@@ -204,4 +253,4 @@ rule report:
         "envs/amortbench.yaml"
     shell:
         "{params.python} -m benchmarks.cli report {input.metrics:q} --out-dir {params.out_dir:q}"
-        " --expected {params.expected:q} > {log:q} 2>&1"
+        " --expected {params.expected:q} --gaps {input.gaps:q} > {log:q} 2>&1"

@@ -4,6 +4,7 @@
     train     cell config + prepared data -> model.pt (resumable via --state-dir)
     evaluate  model.pt + prepared data -> metrics.json
     figures   model.pt + prepared data -> reconstructions.png, samples.png
+    gaps      model.pt + prepared data -> gaps.json (approximation / amortization gaps)
     report    metrics.json files -> leaderboard.{md,csv,tex,parquet}, pareto_<dataset>.png
     validate  check a suite config file against the schema and registries
 
@@ -74,7 +75,7 @@ def cmd_evaluate(args) -> None:
     _setup_torch(args.threads)
     saved_cell = torch.load(args.model, map_location="cpu", weights_only=False)["cell"]
     device = resolve_device(args.device or saved_cell.get("device", "auto"))
-    payload = run_evaluation(args.model, DataSplits.load(args.data), device)
+    payload = run_evaluation(args.model, DataSplits.load(args.data), device, _json_arg(args.eval))
     write_json(args.out, payload)
     m = payload["metrics"]
     logging.info("evaluated %s/%s: test NLL %.3f, ELBO %.3f, %.4f ms/example", payload["dataset"],
@@ -82,20 +83,38 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_figures(args) -> None:
+    from .datasets import DataSplits
+    from .evaluate import load_trained
+    from .figures import draw
+    from .train import resolve_device
+
+    data = DataSplits.load(args.data)
+    method, _ = load_trained(args.model, data, resolve_device("cpu"))
+    draw(method, data, Path(args.out_dir))
+
+
+def cmd_gaps(args) -> None:
     import torch
 
-    from methods import build_method
-
-    from . import models
+    from .config import from_dict
     from .datasets import DataSplits
-    from .figures import draw
+    from .gaps import GapConfig, run_gaps
+    from .io import write_json
+    from .train import resolve_device
 
-    saved = torch.load(args.model, map_location="cpu", weights_only=False)
-    data = DataSplits.load(args.data)
-    cell = saved["cell"]
-    method = build_method(cell["method"], models.build(data, cell["model"]), cell["method_config"])
-    method.load_state_dict(saved["state"])
-    draw(method.eval(), data, Path(args.out_dir))
+    _setup_torch(args.threads)
+    cell = torch.load(args.model, map_location="cpu", weights_only=False)["cell"]
+    section = _json_arg(args.options)
+    points = section.pop("points", {"train": 1000, "test": None})
+    section.pop("enabled", None)
+    cfg = from_dict(GapConfig, section, "gaps")
+    device = resolve_device(args.device or cell.get("device", "auto"))
+    payload = run_gaps(args.model, DataSplits.load(args.data), cfg, device, splits=points)
+    write_json(args.out, payload)
+    test = payload["splits"].get("test", {}).get("metrics", {})
+    if test:
+        logging.info("gaps of %s/%s on test: approximation %.3f, amortization %.3f nats", payload["dataset"],
+                     payload["method"], test["approximation_gap_ffg"]["mean"], test["amortization_gap_ffg"]["mean"])
 
 
 def cmd_report(args) -> None:
@@ -110,7 +129,7 @@ def cmd_report(args) -> None:
         files = sorted(Path(args.results_dir).glob("*/*/seed*/metrics.json"))
     if not files:
         raise AmortbenchError(f"no metrics.json files to report under {args.results_dir}")
-    board = build_report(files, args.out_dir, expected)
+    board = build_report(files, args.out_dir, expected, gap_files=args.gaps)
     logging.info("leaderboard of %d rows written to %s", len(board), args.out_dir)
 
 
@@ -148,6 +167,7 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--no-progress", action="store_true")
         else:
             s.add_argument("--model", required=True)
+            s.add_argument("--eval", default="{}", help="the cell's eval: options as JSON")
 
     s = sub.add_parser("figures", help="reconstruction and sample figures of one trained cell")
     s.add_argument("--model", required=True)
@@ -155,11 +175,21 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_figures)
 
+    s = sub.add_parser("gaps", help="inference-gap decomposition of one trained cell (config: gaps:)")
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--options", default="{}", help="the cell's gaps: options as JSON")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    s.add_argument("--threads", type=int, default=None)
+    s.set_defaults(func=cmd_gaps)
+
     s = sub.add_parser("report", help="merge metrics into leaderboards and Pareto plots")
     s.add_argument("metrics", nargs="*", help="metrics.json files (default: all under --results-dir)")
     s.add_argument("--results-dir", default="results")
     s.add_argument("--out-dir", default="results")
     s.add_argument("--expected", default=None, help="JSON list of expected [dataset, method, seed]")
+    s.add_argument("--gaps", nargs="*", default=[], help="gaps.json files for the gaps tables")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("validate", help="check a config file")

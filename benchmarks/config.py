@@ -4,7 +4,7 @@ A *cell* is one (dataset, method, seed) job. Its effective configuration is the 
 with the dataset's overrides and the method's overrides (later wins):
 
     train  = config.train  <- config.method_config[m].train <- datasets[d].train <- datasets[d].method_config[m].train
-    eval   = config.eval   <- datasets[d].eval
+    eval   = config.eval   <- datasets[d].eval        (gaps likewise)
     method = config.method_config[m] <- datasets[d].method_config[m]      (the `train` key removed)
 
 Defaults live in one place: the option dataclasses (TrainConfig, EvalConfig, each method's Config,
@@ -212,8 +212,23 @@ def cell_config(config: dict, dataset: str, method: str, seed: int) -> dict:
         "model": dict(ds.get("model") or {}),
         "train": train,
         "eval": deep_merge(config.get("eval") or {}, ds.get("eval")),
+        "gaps": deep_merge(config.get("gaps") or {}, ds.get("gaps")),
         "method_config": deep_merge(method_global, method_local),
     }
+
+
+STAGE_SECTIONS = ("eval", "gaps")
+
+
+def training_cell(cell: dict) -> dict:
+    """The part of a cell that determines the trained model (its hash names the checkpoint); the
+    evaluation and gap options are passed to their own stages, so changing them retrains nothing."""
+    return {k: v for k, v in cell.items() if k not in STAGE_SECTIONS}
+
+
+def gaps_enabled(config: dict, dataset: str, method: str, seed: int) -> bool:
+    """Whether the cell runs the inference-gap analysis (`gaps: {enabled: true}`)."""
+    return bool(cell_config(config, dataset, method, seed)["gaps"].get("enabled", False))
 
 
 def data_options(config: dict, dataset: str) -> dict:
@@ -228,6 +243,7 @@ def resolve_cell(config: dict, dataset: str, method: str, seed: int) -> dict:
 
     from .datasets import dataset_class
     from .evaluate import EvalConfig
+    from .gaps import GapConfig
     from .models import family_options
     from .train import TrainConfig
 
@@ -238,5 +254,7 @@ def resolve_cell(config: dict, dataset: str, method: str, seed: int) -> dict:
     family_options(dataset_cls, cell["model"], f"{where}.model")
     from_dict(TrainConfig, cell["train"], f"train (cell {dataset}/{method})")
     from_dict(EvalConfig, cell["eval"], f"eval (cell {dataset}/{method})")
+    gaps = {k: v for k, v in cell["gaps"].items() if k not in ("enabled", "points")}
+    from_dict(GapConfig, gaps, f"gaps (cell {dataset}/{method})")
     from_dict(method_class(method).Config, cell["method_config"], f"method_config.{method}")
     return cell

@@ -131,21 +131,28 @@ def evaluate(method, data: DataSplits, cfg: EvalConfig, device: torch.device) ->
     return metrics
 
 
-def run_evaluation(model_file, data: DataSplits, device: torch.device) -> dict:
-    """Load a trained cell, evaluate it, and return the metrics.json payload."""
+def load_trained(model_file, data: DataSplits, device: torch.device) -> tuple:
+    """(method in eval mode on `device`, the saved payload) of a trained cell's model.pt."""
     from methods import build_method
 
-    from . import models, provenance
-    from .train import seed_everything
+    from . import models
 
     saved = torch.load(model_file, map_location="cpu", weights_only=False)
     cell = saved["cell"]
-    cfg = from_dict(EvalConfig, cell["eval"], "eval")
-    seed_everything(cell["seed"] + 1, cell.get("deterministic", True))
-    model = models.build(data, cell["model"])
-    method = build_method(cell["method"], model, cell["method_config"])
+    method = build_method(cell["method"], models.build(data, cell["model"]), cell["method_config"])
     method.load_state_dict(saved["state"])
-    method.to(device)
+    return method.to(device).eval(), saved
+
+
+def run_evaluation(model_file, data: DataSplits, device: torch.device, options: dict | None = None) -> dict:
+    """Load a trained cell, evaluate it with the `eval:` options, and return the metrics.json payload."""
+    from . import provenance
+    from .train import seed_everything
+
+    cfg = from_dict(EvalConfig, options or {}, "eval")
+    method, saved = load_trained(model_file, data, device)
+    cell = saved["cell"]
+    seed_everything(cell["seed"] + 1, cell.get("deterministic", True))
     metrics = evaluate(method, data, cfg, device)
     metrics.update(
         train_seconds=saved["train_seconds"],

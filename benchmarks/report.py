@@ -218,7 +218,8 @@ def pareto_plot(board: pd.DataFrame, dataset: str, path: Path) -> Path:
     return path
 
 
-def write_html(board: pd.DataFrame, long: pd.DataFrame, out_dir: Path, datasets: list[str]) -> Path:
+def write_html(board: pd.DataFrame, long: pd.DataFrame, out_dir: Path, datasets: list[str],
+               gaps: pd.DataFrame | None = None) -> Path:
     """index.html: leaderboards and figures of every dataset, PNGs embedded as data URIs."""
     import base64
     import html
@@ -241,15 +242,102 @@ def write_html(board: pd.DataFrame, long: pd.DataFrame, out_dir: Path, datasets:
         parts.append(display_table(group).to_html(index=False, classes="leaderboard", escape=True, border=0))
         parts.append(image(out_dir / f"pareto_{dataset}.png", f"Pareto plot {dataset}"))
         parts.append(image(out_dir / f"curves_{dataset}.png", f"training curves {dataset}"))
+        if gaps is not None and not gaps.empty and (gaps["dataset"] == dataset).any():
+            for split, group in gaps[gaps["dataset"] == dataset].groupby("split"):
+                shown = pd.DataFrame({"method": group["method"]})
+                for title in GAP_COLUMNS:
+                    shown[title] = [_fmt(m, e, 2) for m, e in zip(group[f"{title} mean"], group[f"{title} sem"])]
+                parts.append(f"<h3>Inference gaps, {html.escape(split)} points (nats, mean ± s.e.)</h3>")
+                parts.append(shown.to_html(index=False, classes="gaps", escape=True, border=0))
+            parts.append(image(out_dir / f"gaps_{dataset}.png", f"inference gaps {dataset}"))
     parts.append("</body></html>")
     path = out_dir / "index.html"
     write_text(path, "\n".join(parts))
     return path
 
 
+GAP_COLUMNS = {  # column title -> per-point quantity in gaps.json
+    "L[q]": "elbo_q",
+    "L[q*]": "elbo_qstar_ffg",
+    "log p(x)": "log_px",
+    "approximation gap": "approximation_gap_ffg",
+    "amortization gap": "amortization_gap_ffg",
+    "inference gap": "inference_gap",
+}
+
+
+def gaps_table(gap_files: list[str | Path]) -> pd.DataFrame:
+    """One row per (dataset, method, split): each quantity's mean over points and its standard error.
+
+    Several seeds: the mean of the per-seed means, with standard error sqrt(sum sem^2) / n_seeds."""
+    rows = []
+    for rec in read_metrics(gap_files):
+        for split, result in rec["splits"].items():
+            row = {"dataset": rec["dataset"], "method": rec["method"], "seed": rec["seed"], "split": split,
+                   "points": result["n_points"], "log_px_source": result["log_px_source"]}
+            for title, key in GAP_COLUMNS.items():
+                stats = result["metrics"].get(key, {"mean": float("nan"), "sem": float("nan")})
+                row[f"{title} mean"], row[f"{title} sem"] = stats["mean"], stats["sem"]
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    aggregated = []
+    for (dataset, method, split), group in frame.groupby(["dataset", "method", "split"]):
+        row = {"dataset": dataset, "method": method, "split": split, "seeds": len(group),
+               "points": int(group["points"].iloc[0])}
+        for title in GAP_COLUMNS:
+            row[f"{title} mean"] = group[f"{title} mean"].mean()
+            row[f"{title} sem"] = (group[f"{title} sem"] ** 2).sum() ** 0.5 / len(group)
+        aggregated.append(row)
+    return pd.DataFrame(aggregated).sort_values(["dataset", "split", "inference gap mean"])
+
+
+def write_gaps(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """gaps.{md,csv,tex} (one section per dataset and split) and gaps_<dataset>.png (test split)."""
+    sections, latex = ["# Inference gaps (nats, mean ± s.e. over points)", ""], []
+    for (dataset, split), group in table.groupby(["dataset", "split"], sort=True):
+        shown = pd.DataFrame({"method": group["method"], "seeds": group["seeds"], "points": group["points"]})
+        for title in GAP_COLUMNS:
+            shown[title] = [_fmt(m, e, 2) for m, e in zip(group[f"{title} mean"], group[f"{title} sem"])]
+        caption = f"{dataset}, {split} points: q* = best diagonal Gaussian per datapoint"
+        sections += [f"## {dataset} ({split})", "", tabulate(shown, headers="keys", tablefmt="github",
+                                                             showindex=False), ""]
+        latex.append(shown.to_latex(index=False, caption=caption, label=f"tab:gaps-{dataset}-{split}"))
+    paths = [out_dir / "gaps.md", out_dir / "gaps.tex", out_dir / "gaps.csv"]
+    write_text(paths[0], "\n".join(sections))
+    write_text(paths[1], "\n".join(latex))
+    with atomic_path(paths[2]) as tmp:
+        table.to_csv(tmp, index=False)
+    for dataset, group in table.groupby("dataset"):
+        test = group[group["split"] == "test"] if (group["split"] == "test").any() else group
+        paths.append(gaps_plot(test, dataset, out_dir / f"gaps_{dataset}.png"))
+    return paths
+
+
+def gaps_plot(group: pd.DataFrame, dataset: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    methods = list(group["method"])
+    approx = group["approximation gap mean"].clip(lower=0).to_numpy()
+    amort = group["amortization gap mean"].clip(lower=0).to_numpy()
+    ax.bar(methods, approx, label="approximation gap", color="tab:blue")
+    ax.bar(methods, amort, bottom=approx, label="amortization gap", color="tab:orange")
+    ax.set_ylabel("nats per datapoint")
+    ax.set_title(f"{dataset}: inference gap = approximation + amortization ({group['split'].iloc[0]})")
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
 def build_report(metric_files: list[str | Path], out_dir: str | Path,
-                 expected: list[tuple[str, str, int]] | None = None) -> pd.DataFrame:
-    """Merge results; write the leaderboard files, Pareto plots, training curves and index.html."""
+                 expected: list[tuple[str, str, int]] | None = None,
+                 gap_files: list[str | Path] | None = None) -> pd.DataFrame:
+    """Merge results; write the leaderboard files, Pareto plots, training curves, gap tables and
+    plots (if gaps ran) and index.html."""
     from .figures import training_curves
 
     out_dir = Path(out_dir)
@@ -264,7 +352,10 @@ def build_report(metric_files: list[str | Path], out_dir: str | Path,
                 for f in metric_files if Path(f).parent.parent.parent.name == dataset}
         training_curves({k: v for k, v in logs.items() if v.exists()}, out_dir / f"curves_{dataset}.png",
                         f"{dataset}: validation ELBO")
-    write_html(board, long, out_dir, datasets)
+    gaps = gaps_table(gap_files or [])
+    if not gaps.empty:
+        write_gaps(gaps, out_dir)
+    write_html(board, long, out_dir, datasets, gaps)
     write_environment(long, out_dir / "ENVIRONMENT.md")
     return board
 

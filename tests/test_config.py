@@ -10,6 +10,7 @@ import yaml
 from benchmarks.config import REPO_ROOT, cell_config, cells, config_hash, load_yaml, validate
 from benchmarks.errors import ConfigError
 from benchmarks.evaluate import EvalConfig
+from benchmarks.gaps import GapConfig
 from benchmarks.train import TrainConfig, Warmup
 
 MINIMAL = {"methods": ["avi"], "datasets": {"mnist5k": {}}}
@@ -56,6 +57,8 @@ def test_non_positive_epochs_are_rejected(epochs):
         ({"datasets": {"mnist5k": {"model": {"family": "pixelcnn"}}}}, "pixelcnn"),
         ({"seeds": []}, "seeds"),
         ({"device": "tpu"}, "tpu"),
+        ({"gaps": {"enabled": True, "local": {"lrate": 1}}}, "lrate"),
+        ({"gaps": {"points": {"test": 0}}}, "test"),
     ],
 )
 def test_bad_values_name_the_field(patch, word):
@@ -72,6 +75,8 @@ def test_schema_lists_exactly_the_dataclass_options():
     assert set(schema["$defs"]["train"]["properties"]["warmup"]["properties"]) == {
         f.name for f in dataclasses.fields(Warmup)}
     assert set(schema["$defs"]["eval"]["properties"]) == {f.name for f in dataclasses.fields(EvalConfig)}
+    gap_keys = set(schema["$defs"]["gaps"]["properties"]) - {"enabled", "points"}
+    assert gap_keys == {f.name for f in dataclasses.fields(GapConfig)}
 
 
 def test_cell_config_merges_global_dataset_and_method_sections():

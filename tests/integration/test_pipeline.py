@@ -33,6 +33,9 @@ TINY = {
     },
     "train": {"batch_size": 100, "lr": 1.0e-3},
     "eval": {"is_samples": 50, "timing_repeats": 3, "timing_warmup": 1},
+    "gaps": {"enabled": True, "points": {"test": 20}, "elbo_samples": 100, "eval_samples": 100,
+             "local": {"samples": 10, "check_every": 20, "patience": 2, "max_steps": 200, "lr": 0.01},
+             "ais": {"intermediate": 20, "chains": 4}},
 }
 
 
@@ -81,6 +84,13 @@ def test_pipeline_end_to_end(tiny_run):
         image = matplotlib.image.imread(results / "mnist5k/avi/seed0" / figure)
         assert float(image[..., :3].std()) > 0.01
     assert oct((results / "leaderboard.md").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    # the inference-gap decomposition ran per cell and is tabulated per dataset
+    gaps = pd.read_csv(results / "gaps.csv").set_index(["dataset", "method", "split"])
+    row = gaps.loc[("linear_gaussian", "avi", "test")]
+    assert row["points"] == 20 and row["inference gap mean"] > 0
+    assert abs(row["approximation gap mean"] + row["amortization gap mean"] - row["inference gap mean"]) < 1e-9
+    assert "## mnist5k (test)" in (results / "gaps.md").read_text()
+    assert (results / "gaps_mnist5k.png").exists()
     # everything is cached: a second run has nothing to do
     again = snakemake(tmp_path, TINY)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
