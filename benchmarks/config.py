@@ -3,7 +3,7 @@
 A *cell* is one (dataset, method, seed) job. Its effective configuration is the global sections merged
 with the dataset's overrides and the method's overrides (later wins):
 
-    train  = config.train  <- config.method_config[m].train <- datasets[d].train <- datasets[d].method_config[m].train
+    train  = config.train  <- datasets[d].train <- config.method_config[m].train <- datasets[d].method_config[m].train
     eval   = config.eval   <- datasets[d].eval        (gaps likewise)
     method = config.method_config[m] <- datasets[d].method_config[m]      (the `train` key removed)
 
@@ -198,8 +198,9 @@ def cell_config(config: dict, dataset: str, method: str, seed: int) -> dict:
     ds = config["datasets"][dataset] or {}
     method_global = dict((config.get("method_config") or {}).get(method) or {})
     method_local = dict((ds.get("method_config") or {}).get(method) or {})
-    train = deep_merge(config.get("train") or {}, method_global.pop("train", None))
-    train = deep_merge(train, ds.get("train"))
+    # a method's own train options are deliberate exceptions: they beat the dataset's general ones
+    train = deep_merge(config.get("train") or {}, ds.get("train"))
+    train = deep_merge(train, method_global.pop("train", None))
     train = deep_merge(train, method_local.pop("train", None))
     return {
         "dataset": dataset,

@@ -29,7 +29,7 @@ import torch
 
 from methods.base import Step
 
-from .config import config_hash, from_dict
+from .config import config_hash, from_dict, to_dict
 from .datasets import DataSplits
 from .errors import TrainingDiverged
 from .estimators import elbo
@@ -320,7 +320,9 @@ def run_training(cell: dict, data: DataSplits, out_model: Path, state_dir: Path,
     cfg = from_dict(TrainConfig, cell["train"], "train")
     model = models.build(data, cell["model"])
     method = build_method(cell["method"], model, cell["method_config"])
-    cell_hash = config_hash(cell)
+    # the resolved method options (defaults included) name the checkpoint too: a changed default
+    # must not resume a checkpoint trained under the old one
+    cell_hash = config_hash({**cell, "resolved_method_config": to_dict(method.config)})
     result = train(method, data, cfg, seed=cell["seed"], device=device, state_dir=state_dir,
                    cell_hash=cell_hash, progress=progress)
     write_text(log_csv, history_csv(result.history))

@@ -91,6 +91,8 @@ def test_cell_config_merges_global_dataset_and_method_sections():
     validate(config)
     cell = cell_config(config, "mnist5k", "avi", 1)
     assert cell["train"] == {"epochs": 3, "lr": 0.01, "batch_size": 7}
+    config["datasets"]["mnist5k"]["train"]["lr"] = 0.5  # the method's own lr still wins over the dataset's
+    assert cell_config(config, "mnist5k", "avi", 1)["train"]["lr"] == 0.01
     assert cell["method_config"] == {"train_samples": 2}
     assert cells(config) == [("mnist5k", "avi", 0), ("mnist5k", "avi", 1)]
     assert config_hash(cell) != config_hash(cell_config(config, "mnist5k", "avi", 0))
