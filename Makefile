@@ -7,7 +7,7 @@ CONFIG ?= config/default.yaml
 PROFILE ?= profiles/local
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run report test bench lint dry-run clean
+.PHONY: setup run report reproduce test bench lint dry-run clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,16 @@ run: setup
 report: setup
 	$(BIN)/snakemake --profile $(PROFILE) --configfile $(CONFIG) --report results/report.html
 	@echo "report: results/report.html   (also results/index.html)"
+
+# Regenerate a committed reference leaderboard (default: full Fashion-MNIST on CPU, about an hour on
+# 2 cores) in build/<name>/ and copy its reports to results/reference/<name>/ with RUN.md.
+REFERENCE ?= config/fashion_cpu.yaml
+REF_NAME := $(basename $(notdir $(REFERENCE)))
+reproduce: setup
+	@start=$$(date +%s); \
+	$(BIN)/snakemake --profile $(PROFILE) --cores $(CORES) --configfile $(REFERENCE) --directory build/$(REF_NAME) && \
+	$(BIN)/python -m benchmarks.cli publish build/$(REF_NAME)/results results/reference/$(REF_NAME) \
+	  --config $(REFERENCE) --cores $(CORES) --seconds $$(( $$(date +%s) - start )) --command "make reproduce REFERENCE=$(REFERENCE)"
 
 test: setup
 	$(BIN)/python -m pytest
