@@ -7,7 +7,7 @@ CONFIG ?= config/default.yaml
 PROFILE ?= profiles/local
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run report reproduce test bench lint dry-run clean
+.PHONY: setup run run-slurm slurm-up report reproduce test bench lint dry-run clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,14 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/snakemake --profile $(PROFILE) --cores $(CORES) --configfile $(CONFIG)
 	@echo "leaderboard: results/leaderboard.md   plots: results/pareto_*.png"
+
+# On a SLURM cluster (edit profiles/slurm first: account, partition; see docs/cluster.md)
+run-slurm: setup
+	$(BIN)/snakemake --profile profiles/slurm --configfile $(CONFIG)
+
+# A one-node SLURM cluster on this machine (Debian's slurm-wlm and munge; root), for tests and trials
+slurm-up:
+	tests/cluster/start_slurm.sh
 
 # Snakemake's self-contained report bundle (after `make run`): leaderboards, plots, figures, curves.
 report: setup
