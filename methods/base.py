@@ -105,6 +105,9 @@ class InferenceMethod(nn.Module, abc.ABC):
     Config: ClassVar[type]
     #: options for the generic tests: small and numerically safe settings (benchopt's test_config)
     test_config: ClassVar[dict] = {}
+    #: True when loss() returns a surrogate whose gradient is deliberately not the gradient of its value
+    #: (e.g. per-part gradients with stop-gradients); the generic finite-difference check then does not apply
+    surrogate_loss: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

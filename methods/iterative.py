@@ -97,6 +97,10 @@ class GradientEncoding(nn.Module):
 class Iterative(InferenceMethod):
     name = "iterative"
     Config = IterativeConfig
+    # the inference network's gradient is the mean over iterations with lambda_t held constant between
+    # steps, the decoder's that of the last ELBO: not the gradient of the returned value (-ELBO(lambda_T));
+    # tests/test_iterative.py checks that split against a hand-written version
+    surrogate_loss = True
 
     def __init__(self, model, config: IterativeConfig):
         super().__init__(model, config)

@@ -14,9 +14,8 @@ from benchmarks.datasets import LinearGaussianData
 from benchmarks.errors import ConfigError
 from benchmarks.estimators import elbo, importance_sample
 from methods import build_method
-from methods.base import Step
 
-from .helpers import directional_derivative_check, fit
+from .helpers import fit
 
 
 @pytest.fixture(scope="module")
@@ -121,21 +120,6 @@ def test_learned_reverse_model_beats_the_fixed_prior_variant(correlated_data):
     assert gaps["learned"] < gaps["prior"]
     assert gaps["prior"] > mean_field_gap - 0.02  # a theorem, up to Monte Carlo error
     assert 0 < gaps["learned"] < mean_field_gap - 0.1
-
-
-def test_loss_gradient_matches_finite_differences(lg_data):
-    torch.manual_seed(0)
-    method = build_method("auxiliary", models.build(lg_data, {"encoder_hidden": [5]}),
-                          {"hidden": [6], "aux_dim": 3}).double()
-    x = lg_data.test[:6].double()
-
-    def loss():
-        torch.manual_seed(123)  # the same reparameterization noise at every evaluation
-        return method.loss(x, Step())
-
-    params = list(method.parameters())
-    for analytic, numeric in directional_derivative_check(loss, params):
-        assert abs(analytic - numeric) <= 1e-6 * max(1.0, abs(numeric)), (analytic, numeric)
 
 
 def test_elbo_below_and_is_nll_converging_to_the_exact_log_px(lg_data):

@@ -10,7 +10,7 @@ from benchmarks.estimators import elbo, importance_sample
 from methods import available_methods, build_method, method_class
 from methods.base import InferenceMethod, Posterior, Step
 
-from .helpers import fit
+from .helpers import directional_derivative_check, fit
 
 METHODS = available_methods()
 
@@ -46,6 +46,25 @@ def test_posterior_shapes_and_loss_gradients(name, binary_data):
     inference = method.inference_parameters()
     if inference:  # methods without an encoder (pure SVI) have none
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in inference)
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if not method_class(m).surrogate_loss])
+def test_loss_gradient_matches_finite_differences(name, lg_data):
+    """The training loss's autograd gradient (float64, noise fixed by a seed) against central differences,
+    along random directions in all trainable parameters (inference side and decoder)."""
+    torch.manual_seed(0)
+    model = models.build(lg_data, {"encoder_hidden": [5]})
+    method = build_method(name, model, method_class(name).test_config).double()
+    x = lg_data.test[:6].double()
+
+    def loss():
+        torch.manual_seed(123)  # the same reparameterization noise at every evaluation
+        return method.loss(x, Step())
+
+    loss()  # staged methods settle which parameters train at their first loss call
+    params = [p for p in method.parameters() if p.requires_grad]
+    for analytic, numeric in directional_derivative_check(loss, params):
+        assert abs(analytic - numeric) <= 1e-6 * max(1.0, abs(numeric)), (analytic, numeric)
 
 
 @pytest.mark.parametrize("name", METHODS)

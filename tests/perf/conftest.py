@@ -4,8 +4,22 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 
 RATIOS: list[str] = []
+BATCH, LATENT, HIDDEN = 100, 50, (200, 200)  # the Cremer / IWAE MNIST architecture, 784-200-200-50
+
+
+@pytest.fixture(scope="module")
+def cremer_model_and_batch():
+    """The shared generative model of the Cremer / IWAE MNIST setting and a batch of binary inputs."""
+    from benchmarks import models
+    from benchmarks.datasets import DataSplits
+
+    torch.manual_seed(0)
+    x = torch.bernoulli(torch.full((BATCH, 784), 0.2))
+    data = DataSplits("mnist5k", "image", "bernoulli", x.byte(), x.byte(), x.byte())
+    return models.build(data, {"latent_dim": LATENT, "hidden": list(HIDDEN)}), x
 
 
 def best_time(fn, repeats: int = 5, warmup: int = 1) -> float:

@@ -5,26 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks import models
-from benchmarks.datasets import DataSplits
 from benchmarks.estimators import chunk_size, importance_sample
 from benchmarks.evaluate import EvalConfig
 from methods import build_method
 
-from .conftest import best_time
+from .conftest import BATCH, LATENT, best_time
 
-BATCH, SAMPLES, LATENT, HIDDEN = 100, 1000, 50, (200, 200)
+SAMPLES = 1000
 
 
 @pytest.fixture(scope="module")
-def cremer_setup():
-    """The Cremer / IWAE MNIST architecture (784-200-200-50) on a batch of binary inputs."""
-    torch.manual_seed(0)
-    x = torch.bernoulli(torch.full((BATCH, 784), 0.2))
-    data = DataSplits("mnist5k", "image", "bernoulli", x.byte(), x.byte(), x.byte())
-    model = models.build(data, {"latent_dim": LATENT, "hidden": list(HIDDEN)})
-    method = build_method("avi", model).eval()
-    return method, x
+def cremer_setup(cremer_model_and_batch):
+    """AVI on the Cremer / IWAE MNIST architecture and a batch of binary inputs."""
+    model, x = cremer_model_and_batch
+    return build_method("avi", model).eval(), x
 
 
 @pytest.mark.benchmark(group="avi-posterior")

@@ -8,22 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks import models
-from benchmarks.datasets import DataSplits
 from methods import build_method
 
-from .conftest import best_time
+from .conftest import BATCH, LATENT, best_time
 
-BATCH, LATENT, HIDDEN = 100, 50, (200, 200)
-
-
-@pytest.fixture(scope="module")
-def cremer_model_and_batch():
-    torch.manual_seed(0)
-    x = torch.bernoulli(torch.full((BATCH, 784), 0.2))
-    data = DataSplits("mnist5k", "image", "bernoulli", x.byte(), x.byte(), x.byte())
-    model = models.build(data, {"latent_dim": LATENT, "hidden": list(HIDDEN)})
-    return model, x
 
 
 def interleaved_best_times(functions: list, rounds: int = 4, repeats: int = 5) -> list[float]:
