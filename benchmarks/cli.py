@@ -152,7 +152,7 @@ def cmd_publish(args) -> None:
     for f in files:
         shutil.copy2(f, target / f.name)
     minutes = args.seconds / 60 if args.seconds else None
-    lines = [f"# How this reference was made", "",
+    lines = ["# How this reference was made", "",
              f"- config: `{args.config}`",
              f"- command: `{args.command}`" if args.command else "",
              f"- wall time: {minutes:.1f} minutes" if minutes is not None else "",
