@@ -222,7 +222,9 @@ def test_report_pages_render_in_a_browser(tiny_run, tmp_path):
 
     page = tiny_run / "results" / "index.html"
     dom = chromium(page, tmp_path / "profile", "--dump-dom").stdout
-    assert dom.count("<table") == 2 and "<td>avi</td>" in dom and "<td>(true model)</td>" in dom
-    assert dom.count('src="data:image/png;base64,') == 4  # a Pareto plot and training curves per dataset
+    assert dom.count('class="dataframe leaderboard"') == 2 and dom.count('class="dataframe gaps"') == 2
+    assert "<td>avi</td>" in dom and "<td>(true model)</td>" in dom
+    # per dataset: a Pareto plot, training curves and the gaps bar chart
+    assert dom.count('src="data:image/png;base64,') == 6
     chromium(page, tmp_path / "profile", "--window-size=1280,1400", f"--screenshot={tmp_path / 'page.png'}")
     assert not_blank(tmp_path / "page.png")
