@@ -104,7 +104,7 @@ class _FiniteDifferenceRefinement(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mu0, logvar0, model, x, opts, steps, kl_weight, fd_step, *params):
-        ctx.model, ctx.x, ctx.opts, ctx.kl_weight, ctx.fd_step = model, x, opts, kl_weight, fd_step
+        ctx.model, ctx.opts, ctx.kl_weight, ctx.fd_step = model, opts, kl_weight, fd_step
         ctx.params = params
         trajectory = []
         mu, logvar = mu0.detach(), logvar0.detach()
@@ -119,17 +119,20 @@ class _FiniteDifferenceRefinement(torch.autograd.Function):
                 v_lv = opts.momentum * v_lv - g_lv.detach()
                 mu = mu_k.detach() + opts.lr * v_mu
                 logvar = lv_k.detach() + opts.lr * v_lv
-        ctx.trajectory = trajectory
+        # saved through autograd (so memory accounting and hooks see them): x and (lambda_k, eps_k) per step
+        ctx.save_for_backward(x, *[t for step_k in trajectory for t in step_k])
         return mu.clone(), logvar.clone()
 
     @staticmethod
     def backward(ctx, grad_mu, grad_lv):
-        model, x, opts, params, r = ctx.model, ctx.x, ctx.opts, ctx.params, ctx.fd_step
+        model, opts, params, r = ctx.model, ctx.opts, ctx.params, ctx.fd_step
+        x, *flat = ctx.saved_tensors
+        trajectory = [flat[i : i + 3] for i in range(0, len(flat), 3)]
         lam_bar = [grad_mu.clone(), grad_lv.clone()]  # adjoint of lambda_{k+1}
         v_bar = [torch.zeros_like(grad_mu), torch.zeros_like(grad_lv)]  # adjoint of v_{k+1}
         theta_bar = [torch.zeros_like(p) for p in params]
         per_example = opts.step_scaling == "per_example"
-        for mu_k, lv_k, eps in reversed(ctx.trajectory):
+        for mu_k, lv_k, eps in reversed(trajectory):
             # lambda_{k+1} = lambda_k + lr v_{k+1}:  v_{k+1} receives lr * lambda_bar
             v_bar = [vb + opts.lr * lb for vb, lb in zip(v_bar, lam_bar)]
             # v_{k+1} = m v_k - clip(grad f(lambda_k)): the clipped gradient receives -v_bar
