@@ -53,3 +53,20 @@ def directional_derivative_check(loss_fn, params: list[torch.Tensor], directions
                 p.add_(eps * v)
         pairs.append((analytic, (plus - minus) / (2 * eps)))
     return pairs
+
+
+def assert_bounds_converge_to_exact(model, posterior, x: torch.Tensor, largest_samples: int) -> None:
+    """The ELBO lies below the exact log p(x), and the IWAE-S bound climbs towards it as S grows.
+
+    A wrong log q (a missing log-determinant, a + log r where − belongs) converges elsewhere.
+    """
+    from benchmarks.estimators import elbo, importance_sample
+
+    exact = float(model.exact_log_marginal(x).double().mean())
+    with torch.no_grad():
+        assert float(elbo(model, posterior, x, 1000).double().mean()) < exact
+        errors = {S: float(importance_sample(model, posterior, x, S, chunk=1000).log_px.mean()) - exact
+                  for S in (1, 10, largest_samples)}
+    assert errors[1] < -0.03, errors
+    assert abs(errors[1]) > abs(errors[10]) > abs(errors[largest_samples]), errors
+    assert abs(errors[largest_samples]) < 0.01, errors
