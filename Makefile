@@ -47,6 +47,7 @@ reproduce: setup
 	  --config $(REFERENCE) --cores $(CORES) --seconds $$(( $$(date +%s) - start )) --command "make reproduce REFERENCE=$(REFERENCE)"
 
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 bench: setup

@@ -1,13 +1,17 @@
-"""amortbench pipeline: prepare data -> train -> evaluate -> report.
+"""amortbench pipeline: prepare data -> train -> evaluate -> figures -> (gaps) -> report.
 
-One generic rule per stage; {dataset}, {method} and {seed} are wildcards, so a new method or dataset
-needs no rule of its own. Run with a config, e.g.
+One generic rule per stage; {dataset} (a config entry), {method} and {seed} are wildcards, so a new method
+or dataset needs no rule of its own. Every path is built here, once; each job gets every file it reads as
+an input and writes only declared outputs, with one exception: a training job's resumable checkpoint
+(results/<cell>/state/last.pt) is deliberately undeclared, because Snakemake deletes the outputs of a
+failed job and the checkpoint must survive exactly that. Run with a config, e.g.
 
     snakemake --cores 2 --configfile config/default.yaml
 """
 import json
+import os
+import shlex
 import sys
-from pathlib import Path
 
 from snakemake.utils import min_version
 
@@ -16,27 +20,23 @@ min_version("9.0")
 ROOT = workflow.basedir
 sys.path.insert(0, ROOT)
 
-from benchmarks.config import (  # noqa: E402
-    cell_config,
-    cells,
-    data_options,
-    dataset_kind,
-    gaps_enabled,
-    training_cell,
-    validate,
-)
-
+from benchmarks.io import write_json  # noqa: E402
+from benchmarks.suite import STAGES, cells, data_options, dataset_kind, parse_suite, resolve_cell, stage_view  # noqa: E402
 
 if not config:
-    raise ValueError(
-        "no configuration given: run `snakemake --configfile config/default.yaml` (or another config)"
-    )
-validate(config)
+    raise ValueError("no configuration given: run `snakemake --configfile config/default.yaml` (or another config)")
+SUITE = parse_suite(config)
 
-THREADS = config.get("threads", 1)
+# Rules call `python` from their environment: with --sw-deployment-method conda that is envs/amortbench.yaml's;
+# otherwise the environment Snakemake itself runs in comes first on PATH.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+shell.prefix(f"export PYTHONPATH={shlex.quote(ROOT)}:$PYTHONPATH; ")
+
+THREADS = SUITE.threads
 CELLS = cells(config)
-DATASETS = sorted({dataset for dataset, _, _ in CELLS})
-PYTHON = f"PYTHONPATH={ROOT} {sys.executable}"
+RESOLVED = {(d, m, s): resolve_cell(config, d, m, s, SUITE) for d, m, s in CELLS}
+DATASETS = sorted({d for d, _, _ in CELLS})
+RUN = "results/{dataset}/{method}/seed{seed}"
 DEFAULT_RESOURCES = {
     "prepare_data": {"mem_mb": 8000},
     "train": {"mem_mb": 4000},
@@ -47,23 +47,32 @@ DEFAULT_RESOURCES = {
 }
 
 
+def run_dir(dataset, method, seed):
+    return RUN.format(dataset=dataset, method=method, seed=seed)
+
+
 def resources_of(rule_name):
     """Per-rule resources: defaults above, overridden by the config's `resources:` (e.g. gpu: 1)."""
-    return {**DEFAULT_RESOURCES[rule_name], **(config.get("resources") or {}).get(rule_name, {})}
+    return {**DEFAULT_RESOURCES[rule_name], **SUITE.resources.get(rule_name, {})}
 
 
+def cell_of(w):
+    return RESOLVED[(w.dataset, w.method, int(w.seed))]
+
+
+def stage_cell(w):
+    """What one stage of a cell reads: the cell without the other stages' sections and hashes, so a
+    changed option rewrites (and reruns) only the stages it touches."""
+    return stage_view(cell_of(w), w.stage)
+
+
+RUNS = [run_dir(d, m, s) for d, m, s in CELLS]
+GAP_CELLS = [(d, m, s) for d, m, s in CELLS if RESOLVED[(d, m, s)]["gaps"]["enabled"]]
+GAP_DATASETS = sorted({d for d, _, _ in GAP_CELLS})
+EXPECTED = [{"dataset": d, "method": m, "seed": s, "hashes": RESOLVED[(d, m, s)]["hashes"]} for d, m, s in CELLS]
 REPORT_FILES = expand("results/leaderboard.{ext}", ext=["md", "csv", "tex", "parquet"])
 PARETO_PLOTS = expand("results/pareto_{dataset}.png", dataset=DATASETS)
 CURVES = expand("results/curves_{dataset}.png", dataset=DATASETS)
-RUNS = [f"results/{d}/{m}/seed{s}" for d, m, s in CELLS]
-GAP_RUNS = [f"results/{d}/{m}/seed{s}" for d, m, s in CELLS if gaps_enabled(config, d, m, s)]
-
-
-def stage_options(section):
-    """A cell's options of one stage (eval, gaps) as JSON: a rule parameter, so editing them reruns
-    only that stage."""
-    return lambda w: json.dumps(cell_config(config, w.dataset, w.method, int(w.seed))[section], sort_keys=True)
-
 
 
 report: "report/workflow.rst"
@@ -72,11 +81,10 @@ report: "report/workflow.rst"
 onerror:
     # With --keep-going the other cells finish first; compile what exists so the leaderboard
     # marks the failed cells as missing (a later successful run replaces it).
-    shell(
-        "{PYTHON} -m benchmarks.cli report --results-dir results --out-dir results"
-        " --expected {expected:q} > results/report.partial.log 2>&1 || true",
-        expected=json.dumps(CELLS),
-    )
+    metrics = [f"{run}/metrics.json" for run in RUNS if os.path.exists(f"{run}/metrics.json")]
+    if metrics and os.path.exists("results/expected.json"):
+        shell("python -m benchmarks.cli report {metrics:q} --expected results/expected.json --out-dir results"
+              " > results/report.partial.log 2>&1 || true")
 
 
 wildcard_constraints:
@@ -87,6 +95,8 @@ wildcard_constraints:
 
 localrules:
     all,
+    cell,
+    expected,
 
 
 rule all:
@@ -98,6 +108,28 @@ rule all:
         [f"{run}/samples.png" for run in RUNS],
 
 
+rule expected:
+    """The cells of this config and the hashes their results must carry (read by the report)."""
+    output:
+        "results/expected.json",
+    params:
+        expected=json.dumps(EXPECTED, sort_keys=True),
+    run:
+        write_json(output[0], json.loads(params.expected))
+
+
+rule cell:
+    """The resolved configuration of one cell as one stage reads it (cell/train.json, cell/eval.json, ...)."""
+    output:
+        RUN + "/cell/{stage}.json",
+    params:
+        cell=lambda w: json.dumps(stage_cell(w), sort_keys=True),
+    wildcard_constraints:
+        stage="|".join(STAGES),
+    run:
+        write_json(output[0], json.loads(params.cell))
+
+
 rule prepare_data:
     output:
         data="data/prepared/{dataset}.pt",
@@ -105,8 +137,7 @@ rule prepare_data:
     params:
         kind=lambda w: dataset_kind(config, w.dataset),
         options=lambda w: json.dumps(data_options(config, w.dataset), sort_keys=True),
-        python=PYTHON,
-        data_dir=lambda w, output: Path(output.data).parent.parent,
+        data_dir="data",
     log:
         "data/prepared/{dataset}.log",
     benchmark:
@@ -116,135 +147,127 @@ rule prepare_data:
     conda:
         "envs/amortbench.yaml"
     shell:
-        "{params.python} -m benchmarks.cli prepare {params.kind} --options {params.options:q}"
+        "python -m benchmarks.cli prepare {params.kind} --options {params.options:q}"
         " --data-dir {params.data_dir:q} --out {output.data:q} > {log:q} 2>&1"
 
 
 rule train:
     input:
         data="data/prepared/{dataset}.pt",
+        cell=RUN + "/cell/train.json",
     output:
-        model="results/{dataset}/{method}/seed{seed}/model.pt",
-        history="results/{dataset}/{method}/seed{seed}/train_log.csv",
+        model=RUN + "/model.pt",
+        checksum=RUN + "/model.pt.sha256",
+        history=RUN + "/train_log.csv",
     params:
-        cell=lambda w: json.dumps(
-            training_cell(cell_config(config, w.dataset, w.method, int(w.seed))), sort_keys=True
-        ),
-        python=PYTHON,
-        state_dir="results/{dataset}/{method}/seed{seed}/state",
+        state_dir=RUN + "/state",
     log:
-        "results/{dataset}/{method}/seed{seed}/train.log",
+        RUN + "/train.log",
     benchmark:
-        "results/{dataset}/{method}/seed{seed}/train.benchmark.tsv"
+        RUN + "/train.benchmark.tsv"
     threads: THREADS
     resources:
         **resources_of("train"),
     conda:
         "envs/amortbench.yaml"
     shell:
-        "{params.python} -m benchmarks.cli train --cell {params.cell:q} --data {input.data:q}"
-        " --out {output.model:q} --log-csv {output.history:q} --state-dir {params.state_dir:q}"
-        " --threads {threads} --no-progress > {log:q} 2>&1"
+        "python -m benchmarks.cli train --cell {input.cell:q} --data {input.data:q} --model {output.model:q}"
+        " --history {output.history:q} --state-dir {params.state_dir:q} --threads {threads} --no-progress"
+        " > {log:q} 2>&1"
 
 
 rule evaluate:
     input:
         data="data/prepared/{dataset}.pt",
-        model="results/{dataset}/{method}/seed{seed}/model.pt",
+        model=RUN + "/model.pt",
+        cell=RUN + "/cell/eval.json",
     output:
-        "results/{dataset}/{method}/seed{seed}/metrics.json",
-    params:
-        python=PYTHON,
-        options=stage_options("eval"),
+        RUN + "/metrics.json",
     log:
-        "results/{dataset}/{method}/seed{seed}/evaluate.log",
+        RUN + "/evaluate.log",
     benchmark:
-        "results/{dataset}/{method}/seed{seed}/evaluate.benchmark.tsv"
+        RUN + "/evaluate.benchmark.tsv"
     threads: THREADS
     resources:
         **resources_of("evaluate"),
     conda:
         "envs/amortbench.yaml"
     shell:
-        "{params.python} -m benchmarks.cli evaluate --model {input.model:q} --data {input.data:q}"
-        " --eval {params.options:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        "python -m benchmarks.cli evaluate --cell {input.cell:q} --data {input.data:q} --model {input.model:q}"
+        " --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule gaps:
     input:
         data="data/prepared/{dataset}.pt",
-        model="results/{dataset}/{method}/seed{seed}/model.pt",
+        model=RUN + "/model.pt",
+        cell=RUN + "/cell/gaps.json",
     output:
-        "results/{dataset}/{method}/seed{seed}/gaps.json",
-    params:
-        python=PYTHON,
-        options=stage_options("gaps"),
+        RUN + "/gaps.json",
     log:
-        "results/{dataset}/{method}/seed{seed}/gaps.log",
+        RUN + "/gaps.log",
     benchmark:
-        "results/{dataset}/{method}/seed{seed}/gaps.benchmark.tsv"
+        RUN + "/gaps.benchmark.tsv"
     threads: THREADS
     resources:
         **resources_of("gaps"),
     conda:
         "envs/amortbench.yaml"
     shell:
-        "{params.python} -m benchmarks.cli gaps --model {input.model:q} --data {input.data:q}"
-        " --options {params.options:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        "python -m benchmarks.cli gaps --cell {input.cell:q} --data {input.data:q} --model {input.model:q}"
+        " --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule figures:
     input:
         data="data/prepared/{dataset}.pt",
-        model="results/{dataset}/{method}/seed{seed}/model.pt",
+        model=RUN + "/model.pt",
+        cell=RUN + "/cell/train.json",
     output:
         reconstructions=report(
-            "results/{dataset}/{method}/seed{seed}/reconstructions.png",
+            RUN + "/reconstructions.png",
             caption="report/reconstructions.rst",
             category="Reconstructions",
             subcategory="{dataset}",
             labels={"method": "{method}", "seed": "{seed}"},
         ),
         samples=report(
-            "results/{dataset}/{method}/seed{seed}/samples.png",
+            RUN + "/samples.png",
             caption="report/samples.rst",
             category="Samples",
             subcategory="{dataset}",
             labels={"method": "{method}", "seed": "{seed}"},
         ),
-    params:
-        python=PYTHON,
-        out_dir=lambda w, output: Path(output.samples).parent,
     log:
-        "results/{dataset}/{method}/seed{seed}/figures.log",
+        RUN + "/figures.log",
     resources:
         **resources_of("figures"),
     conda:
         "envs/amortbench.yaml"
     shell:
-        "{params.python} -m benchmarks.cli figures --model {input.model:q} --data {input.data:q}"
-        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        "python -m benchmarks.cli figures --cell {input.cell:q} --data {input.data:q} --model {input.model:q}"
+        " --reconstructions {output.reconstructions:q} --samples {output.samples:q} --device cpu > {log:q} 2>&1"
 
 
 rule report:
     input:
+        expected="results/expected.json",
         metrics=[f"{run}/metrics.json" for run in RUNS],
-        histories=[f"{run}/train_log.csv" for run in RUNS],
-        gaps=[f"{run}/gaps.json" for run in GAP_RUNS],
+        gaps=[f"{run_dir(*c)}/gaps.json" for c in GAP_CELLS],
     output:
         REPORT_FILES,
         [report(p, caption="report/pareto.rst", category="Pareto plots") for p in PARETO_PLOTS],
         [report(p, caption="report/curves.rst", category="Training curves") for p in CURVES],
         page=report("results/index.html", caption="report/leaderboard.rst", category="Leaderboards"),
-        gap_tables=expand("results/gaps.{ext}", ext=["md", "csv", "tex"]) if GAP_RUNS else [],
+        long=expand("results/metrics_long.{ext}", ext=["csv", "parquet"]),
+        environment="results/ENVIRONMENT.md",
+        gap_tables=expand("results/gaps.{ext}", ext=["md", "csv", "tex"]) if GAP_CELLS else [],
         gap_plots=[
             report(p, caption="report/gaps.rst", category="Inference gaps")
-            for p in expand("results/gaps_{dataset}.png", dataset=sorted({r.split("/")[1] for r in GAP_RUNS}))
+            for p in expand("results/gaps_{dataset}.png", dataset=GAP_DATASETS)
         ],
     params:
-        python=PYTHON,
-        expected=json.dumps(CELLS),
-        out_dir=lambda w, output: Path(output.page).parent,
+        out_dir="results",
     log:
         "results/report.log",
     resources:
@@ -252,5 +275,5 @@ rule report:
     conda:
         "envs/amortbench.yaml"
     shell:
-        "{params.python} -m benchmarks.cli report {input.metrics:q} --out-dir {params.out_dir:q}"
-        " --expected {params.expected:q} --gaps {input.gaps:q} > {log:q} 2>&1"
+        "python -m benchmarks.cli report {input.metrics:q} --expected {input.expected:q}"
+        " --gaps {input.gaps:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -44,31 +44,29 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
+
+from .options import Options
 
 
-@dataclass
-class AISConfig:
-    intermediate: int = 500  # T: number of intermediate distributions beta_1..beta_T (beta_T = 1)
+class AISConfig(Options):
+    intermediate: int = Field(500, ge=1)  # T: number of intermediate distributions beta_1..beta_T (beta_T = 1)
     schedule: Literal["sigmoid", "linear"] = "sigmoid"
     sigmoid_delta: float = 4.0
-    chains: int = 16  # K independent chains per datapoint
-    leapfrog: int = 10  # leapfrog steps per HMC transition
-    step_size: float = 0.05  # initial leapfrog step size
-    target_accept: float = 0.65
+    chains: int = Field(16, ge=1)  # K independent chains per datapoint
+    leapfrog: int = Field(10, ge=1)  # leapfrog steps per HMC transition
+    step_size: float = Field(0.05, gt=0)  # initial leapfrog step size
+    target_accept: float = Field(0.65, gt=0, lt=1)
     adapt: Literal["datapoint", "chain", "none"] = "datapoint"
-    adapt_factor: float = 1.02
-    step_size_min: float = 1e-4
-    step_size_max: float = 1.0
+    adapt_factor: float = Field(1.02, ge=1)
+    step_size_min: float = Field(1e-4, gt=0)
+    step_size_max: float = Field(1.0, gt=0)
 
-    def __post_init__(self):
-        if self.intermediate < 1 or self.chains < 1 or self.leapfrog < 1:
-            raise ValueError("intermediate, chains and leapfrog must be >= 1")
-        if self.schedule not in ("sigmoid", "linear"):
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose sigmoid or linear")
-        if self.adapt not in ("datapoint", "chain", "none"):
-            raise ValueError(f"unknown adapt {self.adapt!r}; choose datapoint, chain or none")
-        if not 0.0 < self.target_accept < 1.0 or self.adapt_factor < 1.0 or self.step_size <= 0.0:
-            raise ValueError("need 0 < target_accept < 1, adapt_factor >= 1, step_size > 0")
+    @model_validator(mode="after")
+    def _step_range(self):
+        if self.step_size_min > self.step_size_max:
+            raise ValueError("step_size_min must not exceed step_size_max")
+        return self
 
     @classmethod
     def paper(cls, intermediate: int = 5000) -> "AISConfig":
@@ -105,10 +103,8 @@ class _Energy:
     """
 
     def __init__(self, model, x):
-        from .models import GenerativeModel
-
         self.model, self.x = model, x
-        self.standard_prior = getattr(type(model), "log_prior", None) is GenerativeModel.log_prior
+        self.standard_prior = getattr(model, "standard_normal_prior", False)
 
     def __call__(self, z):
         with torch.enable_grad():

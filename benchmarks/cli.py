@@ -1,14 +1,16 @@
-"""Entry points used by the Snakemake rules (``python -m benchmarks.cli <stage> ...``).
+"""Entry points used by the Snakemake rules (``python -m benchmarks.cli <stage> ...``, or ``amortbench``).
 
-    prepare   dataset options -> data/prepared/<dataset>.pt
-    train     cell config + prepared data -> model.pt (resumable via --state-dir)
-    evaluate  model.pt + prepared data -> metrics.json
-    figures   model.pt + prepared data -> reconstructions.png, samples.png
-    gaps      model.pt + prepared data -> gaps.json (approximation / amortization gaps)
-    report    metrics.json files -> leaderboard.{md,csv,tex,parquet}, pareto_<dataset>.png
+    prepare   dataset options -> data/prepared/<entry>.pt (+ .sha256)
+    train     cell.json + prepared data -> model.pt (+ .sha256), train_log.csv (resumable via --state-dir)
+    evaluate  cell.json + model.pt + prepared data -> metrics.json
+    figures   cell.json + model.pt + prepared data -> reconstructions.png, samples.png
+    gaps      cell.json + model.pt + prepared data -> gaps.json (approximation / amortization gaps)
+    report    metrics.json files -> leaderboard.{md,csv,tex,parquet}, plots, index.html
     publish   a finished run's reports -> results/reference/<name>/ (with RUN.md)
-    validate  check a suite config file against the schema and registries
+    validate  check a suite config file
+    schema    print the JSON schema of a suite config (generated from the option classes)
 
+Every file a stage reads is an argument; dataset, method and seed come from the cell.json it is given.
 Errors a user can fix print one line naming the file or option and exit with status 2.
 """
 from __future__ import annotations
@@ -19,64 +21,68 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import AmortbenchError
+from .errors import AmortbenchError, DataError
 
 
-def _json_arg(text: str) -> dict:
+def read_json(path: str | Path, what: str) -> dict:
     try:
-        value = json.loads(text)
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist") from None
     except json.JSONDecodeError as exc:
-        raise AmortbenchError(f"argument is not valid JSON ({exc}): {text[:200]!r}") from None
-    return value
+        raise DataError(f"{what} {path} is not valid JSON ({exc}); delete it and rerun") from None
 
 
-def _setup_torch(threads: int | None) -> None:
+def _setup(args, cell: dict | None = None):
+    """Threads, determinism and the device of a stage (the CLI's --device beats the cell's)."""
+    from . import runtime
+
+    deterministic = cell["deterministic"] if cell else True
+    runtime.prepare_determinism(deterministic)  # before anything touches CUDA
     import torch
 
+    threads = getattr(args, "threads", None)
     if threads:
         torch.set_num_threads(threads)
+    return runtime.resolve_device(getattr(args, "device", None) or (cell or {}).get("device", "auto"))
+
+
+def _load_data(path: str, cell: dict):
+    from .datasets import DataSplits
+    from .suite import data_provenance
+
+    return DataSplits.load(path, expect=data_provenance(cell))
 
 
 def cmd_prepare(args) -> None:
-    from .datasets import prepare
+    from .datasets import dataset_class
 
-    options = _json_arg(args.options)
-    data = prepare(args.dataset, options, args.data_dir)
-    data.save(args.out, options)
+    spec = dataset_class(args.dataset).parse(json.loads(args.options), f"datasets.{args.dataset}.data")
+    data = spec.build(Path(args.data_dir))
+    data.save(args.out, spec.provenance())
     logging.info("prepared %s: %s", args.dataset, {s: tuple(data.split(s).shape) for s in ("train", "valid", "test")})
 
 
 def cmd_train(args) -> None:
-    from .datasets import DataSplits
-    from .io import write_json
-    from .train import resolve_device, run_training
+    from .train import run_training
 
-    _setup_torch(args.threads)
-    cell = _json_arg(args.cell)
-    device = resolve_device(args.device or cell.get("device", "auto"))
-    data = DataSplits.load(args.data)
-    out = Path(args.out)
-    state_dir = Path(args.state_dir) if args.state_dir else out.parent / "state"
-    write_json(out.parent / "cell.json", cell)
-    result = run_training(cell, data, out, state_dir, Path(args.log_csv or out.parent / "train_log.csv"),
-                          device, progress=not args.no_progress)
+    cell = read_json(args.cell, "cell file")
+    device = _setup(args, cell)
+    data = _load_data(args.data, cell)
+    result = run_training(cell, data, Path(args.model), Path(args.state_dir), Path(args.history), device,
+                          progress=not args.no_progress)
     logging.info("trained %s/%s seed %d on %s: best epoch %d, valid ELBO %.4f, %.1f s",
                  cell["dataset"], cell["method"], cell["seed"], device, result.best_epoch,
                  result.best_valid_elbo, result.train_seconds)
 
 
 def cmd_evaluate(args) -> None:
-    import torch
-
-    from .datasets import DataSplits
     from .evaluate import run_evaluation
     from .io import write_json
-    from .train import resolve_device
 
-    _setup_torch(args.threads)
-    saved_cell = torch.load(args.model, map_location="cpu", weights_only=False)["cell"]
-    device = resolve_device(args.device or saved_cell.get("device", "auto"))
-    payload = run_evaluation(args.model, DataSplits.load(args.data), device, _json_arg(args.eval))
+    cell = read_json(args.cell, "cell file")
+    device = _setup(args, cell)
+    payload = run_evaluation(cell, Path(args.model), _load_data(args.data, cell), device)
     write_json(args.out, payload)
     m = payload["metrics"]
     logging.info("evaluated %s/%s: test NLL %.3f, ELBO %.3f, %.4f ms/example", payload["dataset"],
@@ -84,33 +90,23 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_figures(args) -> None:
-    from .datasets import DataSplits
-    from .evaluate import load_trained
     from .figures import draw
-    from .train import resolve_device
+    from .runtime import build_trained
 
-    data = DataSplits.load(args.data)
-    method, _ = load_trained(args.model, data, resolve_device("cpu"))
-    draw(method, data, Path(args.out_dir))
+    cell = read_json(args.cell, "cell file")
+    device = _setup(args, cell)
+    data = _load_data(args.data, cell)
+    method, _ = build_trained(cell, data, device, Path(args.model))
+    draw(method, data, Path(args.reconstructions), Path(args.samples))
 
 
 def cmd_gaps(args) -> None:
-    import torch
-
-    from .config import from_dict
-    from .datasets import DataSplits
-    from .gaps import GapConfig, run_gaps
+    from .gaps import run_gaps
     from .io import write_json
-    from .train import resolve_device
 
-    _setup_torch(args.threads)
-    cell = torch.load(args.model, map_location="cpu", weights_only=False)["cell"]
-    section = _json_arg(args.options)
-    points = section.pop("points", {"train": 1000, "test": None})
-    section.pop("enabled", None)
-    cfg = from_dict(GapConfig, section, "gaps")
-    device = resolve_device(args.device or cell.get("device", "auto"))
-    payload = run_gaps(args.model, DataSplits.load(args.data), cfg, device, splits=points)
+    cell = read_json(args.cell, "cell file")
+    device = _setup(args, cell)
+    payload = run_gaps(cell, Path(args.model), _load_data(args.data, cell), device)
     write_json(args.out, payload)
     test = payload["splits"].get("test", {}).get("metrics", {})
     if test:
@@ -121,15 +117,10 @@ def cmd_gaps(args) -> None:
 def cmd_report(args) -> None:
     from .report import build_report
 
-    expected = [tuple(c) for c in _json_arg(args.expected)] if args.expected else None
+    expected = read_json(args.expected, "expected-cells file") if args.expected else None
     files = list(args.metrics)
-    if not files and expected is not None:  # a partial report: the expected cells that finished
-        candidates = [Path(args.results_dir) / d / m / f"seed{s}" / "metrics.json" for d, m, s in expected]
-        files = [f for f in candidates if f.exists()]
-    elif not files:
-        files = sorted(Path(args.results_dir).glob("*/*/seed*/metrics.json"))
     if not files:
-        raise AmortbenchError(f"no metrics.json files to report under {args.results_dir}")
+        raise AmortbenchError("no metrics.json files to report")
     board = build_report(files, args.out_dir, expected, gap_files=args.gaps)
     logging.info("leaderboard of %d rows written to %s", len(board), args.out_dir)
 
@@ -166,16 +157,35 @@ def cmd_publish(args) -> None:
 
 
 def cmd_validate(args) -> None:
-    from .config import cells, load_yaml, validate
+    from .options import load_yaml
+    from .suite import cells, validate
 
-    config = validate(load_yaml(args.configfile))
+    config = validate(load_yaml(args.configfile), where=str(args.configfile))
     print(f"{args.configfile}: valid, {len(cells(config))} cells")
+
+
+def cmd_schema(args) -> None:
+    from .suite import SuiteConfig
+
+    print(json.dumps(SuiteConfig.model_json_schema(), indent=2))
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="amortbench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
+
+    def stage(name: str, func, help_text: str, *files: str) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help_text)
+        s.add_argument("--cell", required=True, help="the cell's resolved config (cell.json)")
+        s.add_argument("--data", required=True, help="prepared data file")
+        for f in files:
+            s.add_argument(f"--{f}", required=True)
+        s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                       help="overrides the cell's device")
+        s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+        s.set_defaults(func=func)
+        return s
 
     s = sub.add_parser("prepare", help="fetch, verify and split a dataset")
     s.add_argument("dataset", help="a registered dataset")
@@ -184,43 +194,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_prepare)
 
-    for name, func, help_text in (("train", cmd_train, "train one cell"),
-                                  ("evaluate", cmd_evaluate, "evaluate one trained cell")):
-        s = sub.add_parser(name, help=help_text)
-        s.add_argument("--data", required=True, help="prepared data file")
-        s.add_argument("--out", required=True)
-        s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
-        s.add_argument("--threads", type=int, default=None)
-        s.set_defaults(func=func)
-        if name == "train":
-            s.add_argument("--cell", required=True, help="the cell's resolved config as JSON")
-            s.add_argument("--state-dir", default=None, help="resumable checkpoints (default: <out dir>/state)")
-            s.add_argument("--log-csv", default=None)
-            s.add_argument("--no-progress", action="store_true")
-        else:
-            s.add_argument("--model", required=True)
-            s.add_argument("--eval", default="{}", help="the cell's eval: options as JSON")
-
-    s = sub.add_parser("figures", help="reconstruction and sample figures of one trained cell")
-    s.add_argument("--model", required=True)
-    s.add_argument("--data", required=True)
-    s.add_argument("--out-dir", required=True)
-    s.set_defaults(func=cmd_figures)
-
-    s = sub.add_parser("gaps", help="inference-gap decomposition of one trained cell (config: gaps:)")
-    s.add_argument("--model", required=True)
-    s.add_argument("--data", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--options", default="{}", help="the cell's gaps: options as JSON")
-    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
-    s.add_argument("--threads", type=int, default=None)
-    s.set_defaults(func=cmd_gaps)
+    s = stage("train", cmd_train, "train one cell", "model", "history", "state-dir")
+    s.add_argument("--no-progress", action="store_true")
+    stage("evaluate", cmd_evaluate, "evaluate one trained cell", "model", "out")
+    stage("figures", cmd_figures, "reconstructions and samples of one trained cell", "model",
+          "reconstructions", "samples")
+    stage("gaps", cmd_gaps, "inference-gap decomposition of one trained cell", "model", "out")
 
     s = sub.add_parser("report", help="merge metrics into leaderboards and Pareto plots")
-    s.add_argument("metrics", nargs="*", help="metrics.json files (default: all under --results-dir)")
-    s.add_argument("--results-dir", default="results")
+    s.add_argument("metrics", nargs="*", help="metrics.json files")
     s.add_argument("--out-dir", default="results")
-    s.add_argument("--expected", default=None, help="JSON list of expected [dataset, method, seed]")
+    s.add_argument("--expected", default=None, help="the expected cells (expected.json)")
     s.add_argument("--gaps", nargs="*", default=[], help="gaps.json files for the gaps tables")
     s.set_defaults(func=cmd_report)
 
@@ -236,6 +220,9 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validate", help="check a config file")
     s.add_argument("configfile")
     s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("schema", help="print the JSON schema of a suite config")
+    s.set_defaults(func=cmd_schema)
     return p
 
 

@@ -20,33 +20,30 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
+from pydantic import Field
 
-from .config import from_dict, to_dict
+from . import provenance
 from .datasets import DataSplits
 from .estimators import chunk_size, importance_sample
+from .options import Options
+from .runtime import build_trained, seed_everything
 
-EVAL_VERSION = 1
+EVAL_VERSION = 2
 
 
-@dataclass
-class EvalConfig:
-    is_samples: int = 1000
-    batch_size: int = 100
-    max_chunk_elements: int = 1 << 20  # ~4 MB of decoder output per chunk: stays in cache
-    max_test_points: Optional[int] = None
-    active_unit_threshold: float = 0.01
-    timing_batch_size: int = 100
-    timing_warmup: int = 2
-    timing_repeats: int = 10
-
-    def __post_init__(self):
-        for name in ("is_samples", "batch_size", "timing_batch_size", "timing_repeats"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+class EvalConfig(Options):
+    is_samples: int = Field(1000, ge=1)
+    batch_size: int = Field(100, ge=1)
+    max_chunk_elements: int = Field(1 << 20, ge=1)  # ~4 MB of decoder output per chunk: stays in cache
+    max_test_points: Optional[int] = Field(None, ge=1)
+    active_unit_threshold: float = Field(0.01, ge=0)
+    timing_batch_size: int = Field(100, ge=1)
+    timing_warmup: int = Field(2, ge=0)
+    timing_repeats: int = Field(10, ge=1)
 
 
 def time_inference(method, x: torch.Tensor, warmup: int, repeats: int) -> list[float]:
@@ -131,34 +128,18 @@ def evaluate(method, data: DataSplits, cfg: EvalConfig, device: torch.device) ->
     return metrics
 
 
-def load_trained(model_file, data: DataSplits, device: torch.device) -> tuple:
-    """(method in eval mode on `device`, the saved payload) of a trained cell's model.pt."""
-    from methods import build_method
-
-    from . import models
-
-    saved = torch.load(model_file, map_location="cpu", weights_only=False)
-    cell = saved["cell"]
-    method = build_method(cell["method"], models.build(data, cell["model"]), cell["method_config"])
-    method.load_state_dict(saved["state"])
-    return method.to(device).eval(), saved
-
-
-def run_evaluation(model_file, data: DataSplits, device: torch.device, options: dict | None = None) -> dict:
-    """Load a trained cell, evaluate it with the `eval:` options, and return the metrics.json payload."""
-    from . import provenance
-    from .train import seed_everything
-
-    cfg = from_dict(EvalConfig, options or {}, "eval")
-    method, saved = load_trained(model_file, data, device)
-    cell = saved["cell"]
-    seed_everything(cell["seed"] + 1, cell.get("deterministic", True))
+def run_evaluation(cell: dict, model_file: Path, data: DataSplits, device: torch.device) -> dict:
+    """Evaluate a trained cell with its `eval:` options; returns the metrics.json payload."""
+    cfg = EvalConfig.parse(cell["eval"], "eval")
+    method, saved = build_trained(cell, data, device, model_file)
+    seed_everything(cell["seed"] + 1, cell["deterministic"])
     metrics = evaluate(method, data, cfg, device)
+    meta = saved.meta
     metrics.update(
-        train_seconds=saved["train_seconds"],
-        best_epoch=saved["best_epoch"],
-        epochs_run=saved["epochs_run"],
-        best_valid_elbo=saved["best_valid_elbo"],
+        train_seconds=meta["train_seconds"],
+        best_epoch=meta["best_epoch"],
+        epochs_run=meta["epochs_run"],
+        best_valid_elbo=meta["best_valid_elbo"],
     )
     return {
         "dataset": cell["dataset"],
@@ -166,8 +147,10 @@ def run_evaluation(model_file, data: DataSplits, device: torch.device, options: 
         "seed": cell["seed"],
         "metrics": metrics,
         "notes": method.description(),
-        "eval_config": to_dict(cfg),
+        "eval_config": cfg.to_dict(),
         "eval_version": EVAL_VERSION,
-        "provenance": provenance.record(device, cell["seed"], saved["cell_hash"]),
+        "history": meta["history"],
+        "hashes": cell["hashes"],
+        "provenance": provenance.record(device, cell["seed"], cell["hashes"]["train"]),
         "cell": cell,
     }

@@ -1,9 +1,8 @@
 """Per-run figures: reconstructions (x and the decoder mean at E_q[z]) and samples (decoder mean at
 z ~ p(z)), drawn for the data's modality: image grids, decoded token sequences, or the first two
-coordinates of vector data. Training curves per dataset (validation ELBO against epoch)."""
+coordinates of vector data."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import matplotlib
@@ -60,15 +59,14 @@ def _words(tokens: torch.Tensor, vocabulary: list[str] | None) -> str:
 
 
 @torch.no_grad()
-def draw(method, data, out_dir: Path, n: int = 8, seed: int = 0) -> tuple[Path, Path]:
-    """Write reconstructions.png and samples.png for a trained method into out_dir."""
+def draw(method, data, recon_path: Path, sample_path: Path, n: int = 8, seed: int = 0) -> tuple[Path, Path]:
+    """Write the reconstructions and samples figures of a trained method."""
     torch.manual_seed(seed)
     model = method.model
     device = next(model.parameters()).device
     x = next(data.batches("test", n, device=device))
     z_post = method.posterior(x).mean()
     z_prior = torch.randn(n, model.latent_dim, device=device)
-    recon_path, sample_path = out_dir / "reconstructions.png", out_dir / "samples.png"
     name = f"{data.name} / {method.name}"
     if data.modality == "image":
         shape = data.meta["image_shape"]
@@ -98,20 +96,3 @@ def draw(method, data, out_dir: Path, n: int = 8, seed: int = 0) -> tuple[Path, 
             ax.set_title(f"{name}: {label}s (first two coordinates)", fontsize=9)
             _save(fig, path)
     return recon_path, sample_path
-
-
-def training_curves(logs: dict[str, Path], path: Path, title: str) -> Path:
-    """Validation ELBO per epoch, one line per run label (method / seed)."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for label, log in sorted(logs.items()):
-        with open(log) as fh:
-            rows = list(csv.DictReader(fh))
-        if rows:
-            ax.plot([int(r["epoch"]) for r in rows], [float(r["valid_elbo"]) for r in rows], label=label, lw=1.2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation ELBO (nats)")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    if logs:
-        ax.legend(fontsize=7, loc="lower right")
-    return _save(fig, path)

@@ -6,8 +6,11 @@ import platform
 import subprocess
 from functools import lru_cache
 from importlib import metadata
+from pathlib import Path
 
-from .config import REPO_ROOT
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 PACKAGES = ("torch", "torchvision", "numpy", "snakemake", "pandas")
 
@@ -51,14 +54,12 @@ def cpu_name() -> str:
 
 
 def device_name(device) -> str:
-    import torch
-
     if str(device).startswith("cuda"):
         return torch.cuda.get_device_name(device)
     return f"{cpu_name()} ({torch.get_num_threads()} threads)"
 
 
-def record(device, seed: int, cell_hash: str) -> dict:
+def record(device, seed: int, train_hash: str) -> dict:
     return {
         "git_commit": git_commit(),
         "versions": package_versions(),
@@ -66,6 +67,6 @@ def record(device, seed: int, cell_hash: str) -> dict:
         "device_name": device_name(device),
         "hostname": platform.node(),
         "seed": seed,
-        "config_hash": cell_hash,
+        "config_hash": train_hash,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

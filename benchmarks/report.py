@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Iterable
 
@@ -334,24 +335,21 @@ def gaps_plot(group: pd.DataFrame, dataset: str, path: Path) -> Path:
 
 
 def build_report(metric_files: list[str | Path], out_dir: str | Path,
-                 expected: list[tuple[str, str, int]] | None = None,
+                 expected: list[dict] | None = None,
                  gap_files: list[str | Path] | None = None) -> pd.DataFrame:
     """Merge results; write the leaderboard files, Pareto plots, training curves, gap tables and
-    plots (if gaps ran) and index.html."""
-    from .figures import training_curves
-
+    plots (if gaps ran) and index.html. `expected`: the cells of the config (expected.json)."""
     out_dir = Path(out_dir)
     records = read_metrics(metric_files)
     long = long_table(records)
-    board = leaderboard(long, expected)
+    board = leaderboard(long, [(c["dataset"], c["method"], c["seed"]) for c in expected or []])
     write_leaderboard(board, long, out_dir)
     datasets = sorted(set(board["dataset"])) if len(board) else []
     for dataset in datasets:
         pareto_plot(board, dataset, out_dir / f"pareto_{dataset}.png")
-        logs = {f"{Path(f).parent.parent.name} / {Path(f).parent.name}": Path(f).parent / "train_log.csv"
-                for f in metric_files if Path(f).parent.parent.parent.name == dataset}
-        training_curves({k: v for k, v in logs.items() if v.exists()}, out_dir / f"curves_{dataset}.png",
-                        f"{dataset}: validation ELBO")
+        curves = {f"{r['method']} / seed{r['seed']}": r.get("history") or [] for r in records
+                  if r["dataset"] == dataset}
+        training_curves(curves, out_dir / f"curves_{dataset}.png", f"{dataset}: validation ELBO")
     gaps = gaps_table(gap_files or [])
     if not gaps.empty:
         write_gaps(gaps, out_dir)
@@ -369,4 +367,24 @@ def write_environment(long: pd.DataFrame, path: Path) -> Path:
     text = "# Environment of the results\n\n" + tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github",
                                                            showindex=False) + "\n"
     write_text(path, text)
+    return path
+
+
+def training_curves(histories: dict[str, list[dict]], path: Path, title: str) -> Path:
+    """Validation ELBO per epoch, one line per run label (method / seed)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for label, rows in sorted(histories.items()):
+        rows = [r for r in rows if r.get("valid_elbo") is not None and math.isfinite(r["valid_elbo"])]
+        if rows:
+            ax.plot([int(r["epoch"]) for r in rows], [float(r["valid_elbo"]) for r in rows], label=label, lw=1.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation ELBO (nats)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if histories:
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
     return path

@@ -18,32 +18,32 @@ import csv
 import io
 import logging
 import math
-import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-import numpy as np
 import torch
+from pydantic import Field
 
+from methods import build_method
 from methods.base import Step
 
-from .config import config_hash, from_dict, to_dict
+from . import models
 from .datasets import DataSplits
 from .errors import TrainingDiverged
 from .estimators import elbo
-from .io import torch_save, write_text
+from .io import write_text
+from .options import Options
+from .runtime import load_checkpoint, rng_state, save_checkpoint, save_model, seed_everything, set_rng_state
 
 log = logging.getLogger("amortbench.train")
-CHECKPOINT_FORMAT = "amortbench.checkpoint/1"
 
 
-@dataclass
-class Warmup:
+class Warmup(Options):
     kind: Literal["none", "kl", "entropy"] = "none"
-    epochs: int = 0
-    start: float = 0.0
+    epochs: int = Field(0, ge=0)
+    start: float = Field(0.0, ge=0, le=1)
 
     def weight(self, epoch: int, iteration_fraction: float = 0.0) -> float:
         if self.kind == "none" or self.epochs <= 0:
@@ -52,29 +52,20 @@ class Warmup:
         return self.start + (1.0 - self.start) * progress
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 50
-    batch_size: int = 100
+class TrainConfig(Options):
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(100, ge=1)
     optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.0
-    weight_decay: float = 0.0
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "iwae"] = "constant"
-    iwae_stages: int = 8
-    grad_clip: Optional[float] = None
-    warmup: Warmup = field(default_factory=Warmup)
-    valid_samples: int = 1
-    valid_batch_size: int = 500
-    patience: Optional[int] = None  # stop after this many epochs without a better valid ELBO
-
-    def __post_init__(self):
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+    iwae_stages: int = Field(8, ge=1)
+    grad_clip: Optional[float] = Field(None, gt=0)
+    warmup: Warmup = Warmup()
+    valid_samples: int = Field(1, ge=1)
+    valid_batch_size: int = Field(500, ge=1)
+    patience: Optional[int] = Field(None, ge=1)  # stop after this many epochs without a better valid ELBO
 
     def lr_factor(self, epoch: int) -> float:
         if self.schedule == "constant":
@@ -85,39 +76,6 @@ class TrainConfig:
             if epoch < boundary:
                 return 10.0 ** (-i / max(1, self.iwae_stages - 1))
         return 10.0 ** (-1.0)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from .errors import ConfigError
-
-        raise ConfigError("device 'cuda' was requested but torch finds no CUDA device; use --device cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int, deterministic: bool = True) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def validation_elbo(method, data: DataSplits, cfg: TrainConfig, device: torch.device) -> float:
@@ -158,7 +116,7 @@ def train(
     seed: int,
     device: torch.device,
     state_dir: Path,
-    cell_hash: str,
+    train_hash: str,
     progress: bool = True,
 ) -> TrainResult:
     """Train `method` (which holds the model) on `data`; resumable through `state_dir/last.pt`."""
@@ -177,7 +135,7 @@ def train(
     best_state, best_epoch, best_valid = None, -1, -math.inf
     start_epoch, elapsed = 0, 0.0
 
-    checkpoint = load_checkpoint(checkpoint_path, cell_hash)
+    checkpoint = load_checkpoint(checkpoint_path, train_hash)
     if checkpoint is not None:
         method.load_state_dict(checkpoint["method"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -250,11 +208,10 @@ def train(
                 "seconds": elapsed,
             }
         )
-        torch_save(
+        save_checkpoint(
             checkpoint_path,
             {
-                "format": CHECKPOINT_FORMAT,
-                "cell_hash": cell_hash,
+                "train_hash": train_hash,
                 "epoch": epoch,
                 "method": method.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -277,21 +234,6 @@ def train(
     return TrainResult(best_state, best_epoch, best_valid, history, elapsed, resumed_from)
 
 
-def load_checkpoint(path: Path, cell_hash: str) -> Optional[dict]:
-    """The resumable checkpoint if it exists, is readable and belongs to this cell's config."""
-    if not path.exists():
-        return None
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        log.warning("ignoring unreadable checkpoint %s (%s): starting from scratch", path, exc)
-        return None
-    if checkpoint.get("format") != CHECKPOINT_FORMAT or checkpoint.get("cell_hash") != cell_hash:
-        log.warning("checkpoint %s belongs to another configuration: starting from scratch", path)
-        return None
-    return checkpoint
-
-
 def history_csv(history: list[dict]) -> str:
     buffer = io.StringIO()
     if history:
@@ -311,33 +253,30 @@ def _progress(iterable, total: int, initial: int, enabled: bool):
 
 def run_training(cell: dict, data: DataSplits, out_model: Path, state_dir: Path, log_csv: Path,
                  device: torch.device, progress: bool = True) -> TrainResult:
-    """Build model + method for a cell, train, and write the selected model (atomically)."""
-    from methods import build_method
-
-    from . import models
-
-    seed_everything(cell["seed"], cell.get("deterministic", True))
-    cfg = from_dict(TrainConfig, cell["train"], "train")
+    """Build model + method for a resolved cell, train, and write the selected model (atomically)."""
+    determinism = seed_everything(cell["seed"], cell["deterministic"])
+    cfg = TrainConfig.parse(cell["train"], "train")
     model = models.build(data, cell["model"])
     method = build_method(cell["method"], model, cell["method_config"])
-    # the resolved method options (defaults included) name the checkpoint too: a changed default
-    # must not resume a checkpoint trained under the old one
-    cell_hash = config_hash({**cell, "resolved_method_config": to_dict(method.config)})
+    train_hash = cell["hashes"]["train"]
     result = train(method, data, cfg, seed=cell["seed"], device=device, state_dir=state_dir,
-                   cell_hash=cell_hash, progress=progress)
+                   train_hash=train_hash, progress=progress)
     write_text(log_csv, history_csv(result.history))
-    torch_save(
-        out_model,
-        {
-            "format": "amortbench.model/1",
-            "cell": cell,
-            "cell_hash": cell_hash,
-            "state": result.best_state,
-            "best_epoch": result.best_epoch,
-            "best_valid_elbo": result.best_valid_elbo,
-            "epochs_run": len(result.history),
-            "train_seconds": result.train_seconds,
-            "resumed_from_epoch": result.resumed_from_epoch,
-        },
-    )
+    save_model(out_model, result.best_state, {
+        "train_hash": train_hash,
+        "cell": {k: cell[k] for k in TRAINING_KEYS},
+        "best_epoch": result.best_epoch,
+        "best_valid_elbo": result.best_valid_elbo,
+        "epochs_run": len(result.history),
+        "train_seconds": result.train_seconds,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "history": result.history,
+        "device": str(device),
+        "determinism": determinism,
+    })
     return result
+
+
+#: the parts of a resolved cell that determine the trained model (their hash names it)
+TRAINING_KEYS = ("dataset", "dataset_kind", "method", "seed", "device", "deterministic", "data", "model",
+                 "method_config", "train")

@@ -24,27 +24,24 @@ Gradients through the K steps (SA-VAE):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
+from pydantic import Field
+
+from benchmarks.options import Options
 
 
-@dataclass
-class SVIOptions:
+class SVIOptions(Options):
     """Options shared by every method that refines lambda by SVI (defaults: the SA-VAE code)."""
 
-    steps: int = 20  # K during training
-    test_steps: Optional[int] = None  # K at test time (default: steps)
-    lr: float = 1.0
-    momentum: float = 0.5
-    grad_clip: float = 5.0
+    steps: int = Field(20, ge=0)  # K during training
+    test_steps: Optional[int] = Field(None, ge=0)  # K at test time (default: steps)
+    lr: float = Field(1.0, gt=0)
+    momentum: float = Field(0.5, ge=0, le=1)
+    grad_clip: float = Field(5.0, gt=0)
     step_scaling: Literal["per_example", "batch_mean"] = "per_example"
-    train_samples: int = 1  # samples of the outer ELBO at lambda_K
-
-    def __post_init__(self):
-        if self.steps < 0 or (self.test_steps is not None and self.test_steps < 0):
-            raise ValueError("steps and test_steps must be >= 0")
+    train_samples: int = Field(1, ge=1)  # samples of the outer ELBO at lambda_K
 
     @property
     def inference_steps(self) -> int:

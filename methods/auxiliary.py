@@ -28,34 +28,26 @@ one hidden layer of 128 tanh units per head, one training sample.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from benchmarks.models import ACTIVATIONS, mlp
+from benchmarks.networks import Activation, activation, mlp
+from benchmarks.options import Options
 
 from .base import LOG_2PI, DiagonalGaussian, InferenceMethod, Posterior, gaussian_log_prob
 
 
-@dataclass
-class AuxiliaryConfig:
-    aux_dim: Optional[int] = None  # dimension of a; None: the model's latent_dim
-    hidden: tuple[int, ...] = (128,)  # hidden layers of the q(z|a,x) and r(a|x,z) heads
-    activation: str = "tanh"
+class AuxiliaryConfig(Options):
+    aux_dim: Optional[int] = Field(None, ge=1)  # dimension of a; None: the model's latent_dim
+    hidden: tuple[Annotated[int, Field(ge=1)], ...] = (128,)  # hidden layers of the q(z|a,x) and r(a|x,z) heads
+    activation: Activation = "tanh"
     reverse: Literal["learned", "prior"] = "learned"  # r(a|x,z), or the fixed p(a) = N(0, I) variant
-    train_samples: int = 1
+    train_samples: int = Field(1, ge=1)
     logvar_min: float = -12.0
     logvar_max: float = 8.0
-
-    def __post_init__(self):
-        if self.aux_dim is not None and self.aux_dim < 1:
-            raise ValueError(f"aux_dim must be >= 1, got {self.aux_dim}")
-        if any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden sizes must be >= 1, got {self.hidden}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
 
 
 class ConditionalGaussianHead(nn.Module):
@@ -68,7 +60,7 @@ class ConditionalGaussianHead(nn.Module):
     """
 
     def __init__(self, feature_dim: int, input_dim: int, hidden: tuple[int, ...], output_dim: int,
-                 activation: str, logvar_range: tuple[float, float]):
+                 activation_name: str, logvar_range: tuple[float, float]):
         super().__init__()
         self.feature_out = nn.Linear(feature_dim, 2 * output_dim)
         self.input_out = nn.Linear(input_dim, 2 * output_dim, bias=False)
@@ -76,7 +68,7 @@ class ConditionalGaussianHead(nn.Module):
         if hidden:
             self.feature_in = nn.Linear(feature_dim, hidden[0])
             self.input_in = nn.Linear(input_dim, hidden[0], bias=False)
-            self.nonlinear = nn.Sequential(ACTIVATIONS[activation](), mlp([*hidden, 2 * output_dim], activation))
+            self.nonlinear = nn.Sequential(activation(activation_name), mlp([*hidden, 2 * output_dim], activation_name))
             with torch.no_grad():
                 self.nonlinear[-1][-1].weight.zero_()
                 self.nonlinear[-1][-1].bias.zero_()

@@ -5,17 +5,17 @@ Trained jointly with the decoder on the ELBO  E_q[log p(x|z) + log p(z) - log q(
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from pydantic import Field
 from torch import nn
+
+from benchmarks.options import Options
 
 from .base import DiagonalGaussian, InferenceMethod
 
 
-@dataclass
-class AVIConfig:
-    train_samples: int = 1
+class AVIConfig(Options):
+    train_samples: int = Field(1, ge=1)
     logvar_min: float = -12.0
     logvar_max: float = 8.0
 

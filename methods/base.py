@@ -11,24 +11,26 @@ Everything generic (ELBO, importance-sampled NLL, KL, active units, timing, tabl
 * ``InferenceMethod.loss(x, step) -> scalar``: the training objective (a negative bound, averaged over
   the minibatch). The default is the negative (annealed) ELBO of the method's own posterior.
 
-A method declares ``name`` and a ``Config`` dataclass of options with defaults; defining the class in a
-module of ``methods/`` registers it.
+A method declares ``name`` (equal to its module's name) and a ``Config`` (an ``Options`` subclass: typed
+options with defaults); defining the class in a module of ``methods/`` registers it in ``METHODS``.
 """
 from __future__ import annotations
 
 import abc
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from benchmarks.models import GenerativeModel
+from benchmarks.estimators import elbo
+from benchmarks.models import GenerativeModel
+from benchmarks.options import Options
+from benchmarks.registry import Registry
 
 LOG_2PI = math.log(2.0 * math.pi)
+METHODS = Registry("method", "methods")
 
 
 @dataclass(frozen=True)
@@ -95,14 +97,14 @@ def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -
 class InferenceMethod(nn.Module, abc.ABC):
     """Base class of all methods. Holds the shared generative model as ``self.model``.
 
-    Subclasses set ``name`` (the registry key, equal to the module name) and ``Config`` (a dataclass of
-    options with defaults), optionally ``test_config`` (small options the generic tests use), and
+    Subclasses set ``name`` (the registry key, equal to the module name) and ``Config`` (an ``Options``
+    subclass), optionally ``test_config`` (small options the generic tests use), and
     implement ``posterior``. ``loss`` defaults to the negative annealed ELBO
     with ``config.train_samples`` samples, estimated by the shared estimator.
     """
 
     name: ClassVar[str] = ""
-    Config: ClassVar[type]
+    Config: ClassVar[type[Options]]
     #: options for the generic tests: small and numerically safe settings (benchopt's test_config)
     test_config: ClassVar[dict] = {}
     #: True when loss() returns a surrogate whose gradient is deliberately not the gradient of its value
@@ -111,15 +113,20 @@ class InferenceMethod(nn.Module, abc.ABC):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if cls.name:
-            from . import register
+        if not cls.__dict__.get("name"):
+            return
+        module_name = cls.__module__.rsplit(".", 1)[-1]
+        if cls.name != module_name:
+            raise TypeError(f"method class {cls.__qualname__} is named {cls.name!r} but lives in methods/{module_name}.py;"
+                            " the registry name must equal the module name")
+        if not (isinstance(cls.__dict__.get("Config"), type) and issubclass(cls.Config, Options)):
+            raise TypeError(f"method {cls.name!r} must declare its Config, a subclass of benchmarks.options.Options")
+        METHODS.add(cls)
 
-            register(cls)
-
-    def __init__(self, model: "GenerativeModel", config):
+    def __init__(self, model: GenerativeModel, config: Options):
         super().__init__()
-        if not dataclasses.is_dataclass(config):
-            raise TypeError(f"{type(self).__name__} expects its Config dataclass, got {type(config)}")
+        if not isinstance(config, type(self).Config):
+            raise TypeError(f"{type(self).__name__} expects its {type(self).Config.__name__}, got {type(config)}")
         self.model = model
         self.config = config
 
@@ -128,8 +135,6 @@ class InferenceMethod(nn.Module, abc.ABC):
         """Run inference for a batch x and return q(z|x)."""
 
     def loss(self, x: torch.Tensor, step: Step) -> torch.Tensor:
-        from benchmarks.estimators import elbo
-
         n = getattr(self.config, "train_samples", 1)
         bound = elbo(self.model, self.posterior(x), x, n, step.kl_weight, step.entropy_weight)
         return -bound.mean()
@@ -152,5 +157,4 @@ class InferenceMethod(nn.Module, abc.ABC):
 
     def description(self) -> str:
         """A short note for the leaderboard: the options that define this run of the method."""
-        fields = dataclasses.asdict(self.config)
-        return ", ".join(f"{k}={v}" for k, v in fields.items())
+        return ", ".join(f"{k}={v}" for k, v in self.config.to_dict().items())

@@ -28,37 +28,28 @@ affine layer is exp-scale, so the gated update would need a custom univariate tr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from benchmarks.models import ACTIVATIONS
+from benchmarks.networks import Activation, activation
+from benchmarks.options import Options
 
 from .base import LOG_2PI, InferenceMethod, Posterior
 
 
-@dataclass
-class IAFConfig:
-    steps: int = 2  # T, the number of IAF steps (0 gives the plain Gaussian encoder)
-    made_hidden: tuple[int, ...] = (128, 128)  # hidden layers of each step's MADE
-    context_dim: int = 32  # size of the context h fed to every MADE (0: no context)
-    activation: str = "elu"
+class IAFConfig(Options):
+    steps: int = Field(2, ge=0)  # T, the number of IAF steps (0 gives the plain Gaussian encoder)
+    made_hidden: tuple[Annotated[int, Field(ge=1)], ...] = (128, 128)  # hidden layers of each step's MADE
+    context_dim: int = Field(32, ge=0)  # size of the context h fed to every MADE (0: no context)
+    activation: Activation = "elu"
     gate_bias: float = 2.0  # initial bias of s: gates start at sigmoid(gate_bias)
-    train_samples: int = 1
+    train_samples: int = Field(1, ge=1)
     logvar_min: float = -12.0
     logvar_max: float = 8.0
-
-    def __post_init__(self):
-        if self.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
-        if self.context_dim < 0:
-            raise ValueError(f"context_dim must be >= 0, got {self.context_dim}")
-        if any(h < 1 for h in self.made_hidden):
-            raise ValueError(f"made_hidden sizes must be >= 1, got {self.made_hidden}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
 
 
 class MaskedLinear(nn.Linear):
@@ -96,7 +87,7 @@ def made_masks(order: torch.Tensor, hidden: tuple[int, ...], outputs_per_variabl
 class GatedIAFStep(nn.Module):
     """One IAF step: (m, s) = MADE(z, h) in `order`, z <- g z + (1 - g) m with g = sigmoid(s)."""
 
-    def __init__(self, latent_dim: int, context_dim: int, hidden: tuple[int, ...], activation: str,
+    def __init__(self, latent_dim: int, context_dim: int, hidden: tuple[int, ...], activation_name: str,
                  order: torch.Tensor, gate_bias: float):
         super().__init__()
         self.register_buffer("order", order.clone())
@@ -105,7 +96,7 @@ class GatedIAFStep(nn.Module):
         self.layers = nn.ModuleList(MaskedLinear(n_in, n_out, mask)
                                     for n_in, n_out, mask in zip(sizes[:-1], sizes[1:], masks))
         self.context_in = nn.Linear(context_dim, sizes[1], bias=False) if context_dim > 0 else None
-        self.activation = ACTIVATIONS[activation]()
+        self.activation = activation(activation_name)
         with torch.no_grad():
             self.layers[-1].bias[latent_dim:].fill_(gate_bias)
 

@@ -33,39 +33,31 @@ is touched. Inference costs T decoder forward+backward passes.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from benchmarks.estimators import elbo
-from benchmarks.models import ACTIVATIONS, mlp
+from benchmarks.networks import Activation, activation, mlp
+from benchmarks.options import Options
 
 from .base import DiagonalGaussian, InferenceMethod, Step
 
 
-@dataclass
-class IterativeConfig:
-    iterations: int = 5  # T during training (the paper's setting)
-    test_iterations: int = 5  # T in posterior() in eval mode (validation, test, timing)
+class IterativeConfig(Options):
+    iterations: int = Field(5, ge=0)  # T during training (the paper's setting)
+    test_iterations: int = Field(5, ge=0)  # T in posterior() in eval mode (validation, test, timing)
     init: Literal["prior", "encoder"] = "prior"
     gradient_encoding: Literal["layer_norm", "log_sign"] = "log_sign"
     use_data: bool = True  # feed encoder features of x to the update network
     hidden: tuple[int, ...] = (128, 128)
-    activation: str = "elu"
-    samples: int = 1  # reparameterized draws per ELBO (gradient inputs and training terms)
+    activation: Activation = "elu"
+    samples: int = Field(1, ge=1)  # reparameterized draws per ELBO (gradient inputs and training terms)
     unroll: bool = False  # backpropagate the inference loss through all earlier iterations
     logvar_min: float = -12.0
     logvar_max: float = 8.0
-
-    def __post_init__(self):
-        if self.iterations < 0 or self.test_iterations < 0:
-            raise ValueError("iterations and test_iterations must be >= 0")
-        if self.samples < 1:
-            raise ValueError(f"samples must be >= 1, got {self.samples}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
 
 
 @contextlib.contextmanager
@@ -117,7 +109,7 @@ class Iterative(InferenceMethod):
         sizes = [*config.hidden, 2 * self.lambda_dim]
         self.input_layer = nn.Linear(self.gradient_encoding.out_features + self.lambda_dim, sizes[0])
         self.data_projection = nn.Linear(features, sizes[0], bias=False) if config.use_data else None
-        self.first_activation = ACTIVATIONS[config.activation]() if len(sizes) > 1 else nn.Identity()
+        self.first_activation = activation(config.activation) if len(sizes) > 1 else nn.Identity()
         self.update_net = mlp(sizes, config.activation) if len(sizes) > 1 else nn.Identity()
 
     # ----------------------------------------------------------------------------------------------

@@ -56,13 +56,15 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 from torch.func import functional_call, vmap
+
+from benchmarks.options import Options
 
 from .avi import GaussianEncoder
 from .base import LOG_2PI, InferenceMethod, Posterior, Step, gaussian_log_prob
@@ -70,35 +72,22 @@ from .base import LOG_2PI, InferenceMethod, Posterior, Step, gaussian_log_prob
 log = logging.getLogger("amortbench.methods.recmix")
 
 
-@dataclass
-class RecMixConfig:
-    components: int = 3  # M, the mixture order (paper: 2-5)
+class RecMixConfig(Options):
+    components: int = Field(3, ge=1)  # M, the mixture order (paper: 2-5)
     schedule: Literal["recursive", "joint"] = "recursive"
-    stage_epochs: int = 6  # epochs per growth stage (M stages)
-    refine_epochs: int = 10  # joint refinement after the last stage
+    stage_epochs: int = Field(6, ge=1)  # epochs per growth stage (M stages)
+    refine_epochs: int = Field(10, ge=0)  # joint refinement after the last stage
     diversity_weight: float = 1.0  # w in ELBO(q') + w KL(q' || Q_ref)
     kl_reference: Literal["mixture", "previous"] = "mixture"
     weight_rule: Literal["line_search", "fixed"] = "line_search"
-    new_weight: Optional[float] = None  # eps of a new component (fixed / tentative); None = 1/m
-    min_weight: float = 0.01  # line-search grid bounds: [min_weight, 1 - min_weight]
-    line_search_samples: int = 16
+    new_weight: Optional[float] = Field(None, gt=0, lt=1)  # eps of a new component (fixed / tentative); None = 1/m
+    min_weight: float = Field(0.01, gt=0, lt=0.5)  # line-search grid bounds: [min_weight, 1 - min_weight]
+    line_search_samples: int = Field(16, ge=1)
     decoder_in_growth: Literal["mixture", "component", "frozen"] = "mixture"
-    train_samples: int = 1  # reparameterized draws per component per step
+    train_samples: int = Field(1, ge=1)  # reparameterized draws per component per step
     batched: bool = True  # run the M encoders as one batched computation (else M passes)
     logvar_min: float = -12.0
     logvar_max: float = 8.0
-
-    def __post_init__(self):
-        if self.components < 1:
-            raise ValueError(f"components must be >= 1, got {self.components}")
-        if self.stage_epochs < 1 or self.refine_epochs < 0:
-            raise ValueError("stage_epochs must be >= 1 and refine_epochs >= 0")
-        if self.new_weight is not None and not 0.0 < self.new_weight < 1.0:
-            raise ValueError(f"new_weight must lie in (0, 1), got {self.new_weight}")
-        if not 0.0 < self.min_weight < 0.5:
-            raise ValueError(f"min_weight must lie in (0, 0.5), got {self.min_weight}")
-        if self.train_samples < 1 or self.line_search_samples < 1:
-            raise ValueError("train_samples and line_search_samples must be >= 1")
 
 
 # --------------------------------------------------------------------------------------------------

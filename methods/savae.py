@@ -19,20 +19,21 @@ At test time every variant runs the encoder and ``test_steps`` SVI steps.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from pydantic import Field
+
+from benchmarks.estimators import elbo
 
 from ._refinement import SVIOptions, refine, refine_finite_difference
 from .avi import GaussianEncoder
 from .base import DiagonalGaussian, InferenceMethod, Step
 
 
-@dataclass
 class SAVAEConfig(SVIOptions):
     gradient: Literal["exact", "finite_difference"] = "exact"
-    fd_step: float = 1e-5
+    fd_step: float = Field(1e-5, gt=0)
     variant: Literal["savae", "vae_svi", "vae_svi_kl"] = "savae"
     logvar_min: float = -12.0
     logvar_max: float = 8.0
@@ -68,8 +69,6 @@ class SAVAE(InferenceMethod):
         return (mu0, logvar0, *refine_finite_difference(self.model, x, mu0, logvar0, c, c.steps, kl_weight, c.fd_step))
 
     def loss(self, x: torch.Tensor, step: Step) -> torch.Tensor:
-        from benchmarks.estimators import elbo
-
         c = self.config
         mu0, logvar0, mu, logvar = self.refined(x, step.kl_weight)
         decoder_loss = -elbo(self.model, DiagonalGaussian(mu, logvar), x, c.train_samples,
@@ -89,8 +88,6 @@ def _encoder_only_loss(model, x, mu0, logvar0, samples: int, step: Step) -> torc
     With g = dELBO/dlambda_0 at the detached lambda_0, the surrogate -g . lambda_0(phi) has the encoder
     gradient of -ELBO and none for theta; its value is shifted to -ELBO for logging.
     """
-    from benchmarks.estimators import elbo
-
     with torch.enable_grad():
         lam = (mu0.detach().requires_grad_(True), logvar0.detach().requires_grad_(True))
         bound = elbo(model, DiagonalGaussian(*lam), x, samples, step.kl_weight, step.entropy_weight).mean()

@@ -14,19 +14,20 @@ configs set lr per dataset (0.02-0.1), and ``step_scaling: batch_mean`` reproduc
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from pydantic import Field
+
+from benchmarks.estimators import elbo
 
 from ._refinement import SVIOptions, refine
 from .base import DiagonalGaussian, InferenceMethod, Step
 
 
-@dataclass
 class SVIConfig(SVIOptions):
     init: Literal["zeros", "noise"] = "zeros"
-    init_std: float = 0.01
+    init_std: float = Field(0.01, ge=0)
 
 
 class SVI(InferenceMethod):
@@ -53,8 +54,6 @@ class SVI(InferenceMethod):
         return DiagonalGaussian(mu, logvar)
 
     def loss(self, x: torch.Tensor, step: Step) -> torch.Tensor:
-        from benchmarks.estimators import elbo
-
         mu, logvar = refine(self.model, x, *self._start(x), self.config, self.config.steps, step.kl_weight)
         bound = elbo(self.model, DiagonalGaussian(mu, logvar), x, self.config.train_samples,
                      step.kl_weight, step.entropy_weight)

@@ -2,23 +2,19 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import pytest
-import yaml
 
-from benchmarks.config import REPO_ROOT, cell_config, cells, config_hash, load_yaml, validate
 from benchmarks.errors import ConfigError
-from benchmarks.evaluate import EvalConfig
-from benchmarks.gaps import GapConfig
-from benchmarks.train import TrainConfig, Warmup
+from benchmarks.options import config_hash, load_yaml
+from benchmarks.provenance import REPO_ROOT
+from benchmarks.suite import cells, resolve_cell, stage_view, validate
 
 MINIMAL = {"methods": ["avi"], "datasets": {"mnist5k": {}}}
 
 
 @pytest.mark.parametrize(
-    "path", [p for p in sorted((REPO_ROOT / "config").glob("*.yaml")) if p.name != "schema.yaml"],
-    ids=lambda p: p.name)
+    "path", sorted((REPO_ROOT / "config").glob("**/*.yaml")), ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_shipped_configs_are_valid(path):
     validate(load_yaml(path))
 
@@ -41,7 +37,7 @@ def test_non_positive_epochs_are_rejected(epochs):
     with pytest.raises(ConfigError, match="epochs"):
         validate(bad)
     bad = {**MINIMAL, "datasets": {"mnist5k": {"train": {"epochs": epochs}}}}
-    with pytest.raises(ConfigError, match="epochs"):
+    with pytest.raises(ConfigError, match=r"datasets\.mnist5k\.train\.epochs"):
         validate(bad)
 
 
@@ -50,15 +46,31 @@ def test_non_positive_epochs_are_rejected(epochs):
     [
         ({"train": {"lr": -1}}, "lr"),
         ({"train": {"lrate": 0.1}}, "lrate"),
+        ({"train": {"warmup": {"knd": "kl"}}}, r"train\.warmup\.knd.*known options are \['epochs', 'kind', 'start'\]"),
         ({"eval": {"is_samples": 0}}, "is_samples"),
         ({"method_config": {"avi": {"train_sample": 2}}}, "train_sample"),
+        ({"method_config": {"avi": {"train": {"epoch": 2}}}}, r"method_config\.avi\.train\.epoch"),
         ({"datasets": {"mnist5k": {"data": {"n_tset": 5}}}}, "n_tset"),
         ({"datasets": {"mnist5k": {"model": {"latent": 5}}}}, "latent"),
         ({"datasets": {"mnist5k": {"model": {"family": "pixelcnn"}}}}, "pixelcnn"),
+        ({"datasets": {"mnist5k": {"model": {"family": "lstm_categorical"}}}}, "does not fit"),
+        ({"datasets": {"mnist5k": {"colour": "red"}}}, "colour"),
         ({"seeds": []}, "seeds"),
-        ({"device": "tpu"}, "tpu"),
+        ({"seeds": [0, 0]}, "unique"),
+        ({"device": "tpu"}, "device"),
         ({"gaps": {"enabled": True, "local": {"lrate": 1}}}, "lrate"),
         ({"gaps": {"points": {"test": 0}}}, "test"),
+        ({"gaps": {"points": {"tset": 10}}}, "tset"),
+        ({"resources": {"trian": {"mem_mb": 1}}}, "trian"),
+        # a misspelled method name is an error wherever it appears (it used to be ignored)
+        ({"method_config": {"savea": {"steps": 50}}}, r"method_config\.savea.*unknown method"),
+        ({"datasets": {"mnist5k": {"method_config": {"savea": {"steps": 50}}}}}, r"datasets\.mnist5k\.method_config\.savea"),
+        ({"datasets": {"mnist5k": {"methods": ["avi", "sv"]}}}, "'sv'"),
+        ({"exclude": [{"dataset": "mnist5k", "method": "savea"}]}, r"exclude.*savea"),
+        ({"exclude": [{"dataset": "mnist", "method": "avi"}]}, r"exclude.*'mnist'"),
+        # true/false is not a number, and a number is not a boolean
+        ({"train": {"epochs": True}}, "epochs: expected a number"),
+        ({"deterministic": 1}, "deterministic: expected true or false"),
     ],
 )
 def test_bad_values_name_the_field(patch, word):
@@ -68,18 +80,25 @@ def test_bad_values_name_the_field(patch, word):
         validate(config)
 
 
-def test_schema_lists_exactly_the_dataclass_options():
-    schema = yaml.safe_load((REPO_ROOT / "config" / "schema.yaml").read_text())
-    train_keys = set(schema["$defs"]["train"]["properties"])
-    assert train_keys == {f.name for f in dataclasses.fields(TrainConfig)}
-    assert set(schema["$defs"]["train"]["properties"]["warmup"]["properties"]) == {
-        f.name for f in dataclasses.fields(Warmup)}
-    assert set(schema["$defs"]["eval"]["properties"]) == {f.name for f in dataclasses.fields(EvalConfig)}
-    gap_keys = set(schema["$defs"]["gaps"]["properties"]) - {"enabled", "points"}
-    assert gap_keys == {f.name for f in dataclasses.fields(GapConfig)}
+def test_numbers_written_like_1e_3_are_numbers(tmp_path):
+    """YAML 1.1 reads 1e-3 (no dot) as a string; the config loader and the option parser take it as 0.001,
+    whether the YAML was read by amortbench or by Snakemake (which passes the string on)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("methods: [avi]\ndatasets: {mnist5k: {}}\ntrain: {lr: 1e-3, epochs: 2}\n")
+    config = load_yaml(path)
+    assert config["train"]["lr"] == pytest.approx(1e-3)
+    as_string = {**MINIMAL, "train": {"lr": "1e-3"}}
+    assert resolve_cell(validate(as_string), "mnist5k", "avi", 0)["train"]["lr"] == pytest.approx(1e-3)
 
 
-def test_cell_config_merges_global_dataset_and_method_sections():
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("methods: [avi]\ndatasets:\n  mnist5k: {model: {latent_dim: 4}\n  other: 1\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml, line \d+, column \d+"):
+        load_yaml(path)
+
+
+def test_cell_merges_global_dataset_and_method_sections():
     config = {
         "methods": ["avi"],
         "seeds": [0, 1],
@@ -89,13 +108,26 @@ def test_cell_config_merges_global_dataset_and_method_sections():
                                  "method_config": {"avi": {"train": {"batch_size": 7}}}}},
     }
     validate(config)
-    cell = cell_config(config, "mnist5k", "avi", 1)
-    assert cell["train"] == {"epochs": 3, "lr": 0.01, "batch_size": 7}
+    cell = resolve_cell(config, "mnist5k", "avi", 1)
+    assert {k: cell["train"][k] for k in ("epochs", "lr", "batch_size")} == {"epochs": 3, "lr": 0.01, "batch_size": 7}
+    assert cell["train"]["optimizer"] == "adam"  # defaults are filled in (and hashed)
     config["datasets"]["mnist5k"]["train"]["lr"] = 0.5  # the method's own lr still wins over the dataset's
-    assert cell_config(config, "mnist5k", "avi", 1)["train"]["lr"] == 0.01
-    assert cell["method_config"] == {"train_samples": 2}
+    assert resolve_cell(config, "mnist5k", "avi", 1)["train"]["lr"] == 0.01
+    assert cell["method_config"]["train_samples"] == 2 and cell["model"]["family"] == "bernoulli_mlp"
     assert cells(config) == [("mnist5k", "avi", 0), ("mnist5k", "avi", 1)]
-    assert config_hash(cell) != config_hash(cell_config(config, "mnist5k", "avi", 0))
+    assert cell["hashes"]["train"] != resolve_cell(config, "mnist5k", "avi", 0)["hashes"]["train"]
+
+
+def test_hashes_separate_what_each_stage_depends_on():
+    base = resolve_cell(validate(copy.deepcopy(MINIMAL)), "mnist5k", "avi", 0)
+    evaluated = resolve_cell(validate({**MINIMAL, "eval": {"is_samples": 7}}), "mnist5k", "avi", 0)
+    trained = resolve_cell(validate({**MINIMAL, "train": {"epochs": 7}}), "mnist5k", "avi", 0)
+    assert base["hashes"]["train"] == evaluated["hashes"]["train"] != trained["hashes"]["train"]
+    assert base["hashes"]["eval"] != evaluated["hashes"]["eval"]
+    assert base["hashes"]["gaps"] == evaluated["hashes"]["gaps"] != trained["hashes"]["gaps"]
+    # what the train stage reads does not change with eval options, so they retrain nothing
+    assert stage_view(base, "train") == stage_view(evaluated, "train")
+    assert config_hash(stage_view(base, "eval")) != config_hash(stage_view(evaluated, "eval"))
 
 
 def test_exclude_and_per_dataset_methods():

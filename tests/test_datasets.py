@@ -46,8 +46,9 @@ def test_dynamic_binarization_redraws_every_batch():
 def test_prepared_file_round_trip_and_corruption(tmp_path):
     data = prepare("linear_gaussian", {"n_train": 50, "n_valid": 10, "n_test": 10}, tmp_path)
     path = tmp_path / "prepared" / "linear_gaussian.pt"
-    data.save(path, {"n_train": 50})
-    loaded = DataSplits.load(path)
+    provenance = LinearGaussianData(n_train=50, n_valid=10, n_test=10).provenance()
+    data.save(path, provenance)
+    loaded = DataSplits.load(path, expect=provenance)
     assert torch.equal(loaded.test, data.test) and loaded.meta["true_nll"] == data.meta["true_nll"]
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(DataError, match=str(path)):

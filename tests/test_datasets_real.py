@@ -205,7 +205,7 @@ def test_yahoo_from_a_saved_hugging_face_dataset(tmp_path):
 def test_prepared_file_checksum_mismatch_is_refused(tmp_path):
     data = prepare("linear_gaussian", {"n_train": 20, "n_valid": 5, "n_test": 5}, tmp_path)
     path = tmp_path / "lg.pt"
-    data.save(path, {})
+    data.save(path, {"dataset": "linear_gaussian"})
     assert checksum_path(path).read_text().strip() == hashlib.sha256(path.read_bytes()).hexdigest()
     DataSplits.load(path)
     blob = bytearray(path.read_bytes())

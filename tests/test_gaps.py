@@ -1,4 +1,4 @@
-"""Inference-gap decomposition (benchmarks/gaps.py) against closed forms on the linear-Gaussian model.
+"""Inference-gap decomposition (benchmarks/gaps.py, benchmarks/localopt.py) against closed forms on the linear-Gaussian model.
 
 For p(z|x) = N(m, S) the KL-optimal diagonal Gaussian is q*(z) = N(m, diag(1 / diag(S^-1))), and the
 approximation gap of the FFG family is KL(q* || p(z|x)) = 0.5 (sum_i log (S^-1)_ii - log det S^-1).
@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from benchmarks import models
-from benchmarks.config import from_dict
-from benchmarks.gaps import (GapConfig, LocalOptimConfig, family_importance_sample, inference_gaps,
-                             optimize_family, optimize_ffg, optimize_ffg_one_at_a_time)
+from benchmarks.gaps import GapConfig, inference_gaps
+from benchmarks.localopt import (LocalOptimConfig, family_importance_sample, optimize_family, optimize_ffg,
+                                 optimize_ffg_one_at_a_time)
 from methods import build_method
 from methods.base import DiagonalGaussian, InferenceMethod, Step
 
@@ -262,9 +262,9 @@ def test_family_falls_back_to_a_loop_when_the_posterior_cannot_be_vmapped(lg_dat
 def test_gap_result_is_json_ready_deterministic_and_configurable(lg_data):
     model = true_model(lg_data)
     method = trained_avi(model, lg_data, steps=20)
-    cfg = from_dict(GapConfig, {"elbo_samples": 100, "eval_samples": 100, "batch_size": 3,
-                                "local": {"lr": 0.02, "check_every": 10, "patience": 2, "max_steps": 40},
-                                "ais": {"intermediate": 10, "chains": 4, "leapfrog": 2}}, "gaps")
+    cfg = GapConfig.parse({"elbo_samples": 100, "eval_samples": 100, "batch_size": 3,
+                           "local": {"lr": 0.02, "check_every": 10, "patience": 2, "max_steps": 40},
+                           "ais": {"intermediate": 10, "chains": 4, "leapfrog": 2}}, "gaps")
     x = lg_data.test[:5].double()
     first = inference_gaps(method, x, cfg)
     torch.manual_seed(123)  # the caller's RNG state does not matter: the config's seed does
@@ -290,18 +290,19 @@ def test_gap_result_is_json_ready_deterministic_and_configurable(lg_data):
 
 
 def test_run_gaps_loads_a_trained_cell_and_writes_every_split(lg_data, tmp_path):
-    """What the Snakemake rule calls: model.pt + prepared data -> the gaps.json payload."""
+    """What the Snakemake rule calls: cell + model.pt + prepared data -> the gaps.json payload."""
     from benchmarks.gaps import run_gaps
-    from benchmarks.io import torch_save
+    from benchmarks.runtime import save_model
 
-    cell = {"dataset": "linear_gaussian", "method": "avi", "seed": 0, "model": {}, "method_config": {}}
-    torch.manual_seed(0)
-    method = build_method("avi", models.build(lg_data, {}))
-    torch_save(tmp_path / "model.pt", {"cell": cell, "cell_hash": "abc", "state": method.state_dict()})
     cfg = GapConfig(elbo_samples=50, eval_samples=50, batch_size=3, family=True, family_batch_size=2,
                     local=LocalOptimConfig(lr=0.02, check_every=5, patience=1, max_steps=10),
-                    ais=None)
-    payload = run_gaps(tmp_path / "model.pt", lg_data, cfg, "cpu", splits={"train": 4, "test": 3}, per_point=True)
+                    ais=None, points={"train": 4, "test": 3})
+    cell = {"dataset": "linear_gaussian", "method": "avi", "seed": 0, "model": {}, "method_config": {},
+            "gaps": cfg.to_dict(), "hashes": {"train": "abc"}}
+    torch.manual_seed(0)
+    method = build_method("avi", models.build(lg_data, {}))
+    save_model(tmp_path / "model.pt", method.state_dict(), {"train_hash": "abc"})
+    payload = run_gaps(cell, tmp_path / "model.pt", lg_data, "cpu", per_point=True)
     payload = json.loads(json.dumps(payload))
     assert payload["method"] == "avi" and set(payload["splits"]) == {"train", "test"}
     assert payload["splits"]["train"]["n_points"] == 4 and payload["splits"]["test"]["n_points"] == 3

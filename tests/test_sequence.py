@@ -111,7 +111,7 @@ def test_fixed_oracle_generator_loads_and_mismatches_are_named():
 
 def test_prepared_sequence_data_round_trip(tmp_path):
     data = SyntheticOracle(**SMALL_ORACLE).build(None)
-    data.save(tmp_path / "so.pt", SMALL_ORACLE)
+    data.save(tmp_path / "so.pt", SyntheticOracle(**SMALL_ORACLE).provenance())
     loaded = DataSplits.load(tmp_path / "so.pt")
     assert loaded.test.dtype == torch.int64 and torch.equal(loaded.test, data.test)
     batch = next(loaded.batches("train", 8))

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from benchmarks import models
-from benchmarks.config import from_dict
 from benchmarks.errors import TrainingDiverged
-from benchmarks.train import TrainConfig, Warmup, load_checkpoint, seed_everything, train
+from benchmarks.runtime import load_checkpoint, seed_everything
+from benchmarks.train import TrainConfig, Warmup, train
 from methods import build_method
 
 CFG = {"epochs": 4, "batch_size": 50, "lr": 0.01, "valid_samples": 2}
@@ -20,10 +20,10 @@ def fresh_method(data, seed=0):
     return build_method("avi", models.build(data, {"encoder_hidden": [8]}))
 
 
-def run(data, state_dir, cfg=CFG, method=None, cell_hash="h"):
+def run(data, state_dir, cfg=CFG, method=None, train_hash="h"):
     method = method or fresh_method(data)
-    result = train(method, data, from_dict(TrainConfig, cfg, "train"), seed=0, device=torch.device("cpu"),
-                   state_dir=state_dir, cell_hash=cell_hash, progress=False)
+    result = train(method, data, TrainConfig.parse(cfg, "train"), seed=0, device=torch.device("cpu"),
+                   state_dir=state_dir, train_hash=train_hash, progress=False)
     return method, result
 
 
@@ -55,8 +55,8 @@ def test_interrupted_training_resumes_to_the_same_result(lg_data, tmp_path):
 
 
 def test_checkpoint_of_another_config_is_not_resumed(lg_data, tmp_path):
-    run(lg_data, tmp_path, cell_hash="one")
-    _, result = run(lg_data, tmp_path, cell_hash="two")
+    run(lg_data, tmp_path, train_hash="one")
+    _, result = run(lg_data, tmp_path, train_hash="two")
     assert result.resumed_from_epoch == 0 and len(result.history) == CFG["epochs"]
 
 

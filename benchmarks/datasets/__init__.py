@@ -1,19 +1,18 @@
-"""Dataset registry: fetch, verify, split and prepare; one prepared file per dataset.
+"""Datasets: fetch, verify, split and prepare; one prepared file per dataset entry.
 
-Modules: ``core`` (DataSplits, the registry, checksums), ``images`` (mnist5k, mnist, fashion_mnist,
-celeba), ``synthetic`` (linear_gaussian, synthetic_oracle), ``text`` (yahoo). Importing this package
-registers them all.
+Modules: ``core`` (DataSplits, the Dataset base class and its registry, checksums), ``images`` (mnist5k,
+mnist, fashion_mnist, celeba), ``synthetic`` (linear_gaussian, synthetic_oracle), ``text`` (yahoo).
 """
-from . import images, synthetic, text  # noqa: F401  (registers the datasets)
 from .core import (  # noqa: F401
+    DATASETS,
     SPLITS,
     DataSplits,
+    Dataset,
     available_datasets,
     checksum_path,
-    dataset,
     dataset_class,
     prepare,
 )
-from .images import DEBIAN_FASHION_DIR, FashionMnist, Mnist, Mnist5k  # noqa: F401
+from .images import DEBIAN_FASHION_DIR, CelebA, FashionMnist, Mnist, Mnist5k  # noqa: F401
 from .synthetic import LinearGaussianData, SyntheticOracle  # noqa: F401
 from .text import Yahoo  # noqa: F401

@@ -1,9 +1,11 @@
-"""The prepared-data container, the dataset registry and shared helpers.
+"""The prepared-data container, the dataset base class with its registry, and shared helpers.
 
-A dataset is a dataclass of options (registered with ``@dataset``) whose ``build(data_dir)`` returns a
-``DataSplits``: train / valid / test tensors, the likelihood family they take and the modality. The
-``prepare`` stage saves it with ``save`` (plus a sha256 sidecar); training and evaluation ``load`` it and
-refuse a file whose checksum no longer matches.
+A dataset is an ``Options`` subclass (its fields are the `data:` options of a config entry) that sets
+``name``, the ``modality`` and ``likelihood`` of the data it builds and ``version`` (raise it when the
+code changes what ``build`` produces); ``build(data_dir)`` returns a ``DataSplits``: train / valid / test
+tensors. The ``prepare`` stage saves it with ``save``: the tensors, the dataset's name, version and
+resolved options, plus a sha256 sidecar. Training and evaluation ``load`` it and refuse a file whose
+checksum no longer matches or that was made from other options or another version of the code.
 """
 from __future__ import annotations
 
@@ -11,15 +13,18 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import ClassVar, Iterator, Optional
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
 from ..io import torch_save, write_text
+from ..options import Options
+from ..registry import Registry
 
-PREPARED_FORMAT = "amortbench.prepared/1"
+PREPARED_FORMAT = "amortbench.prepared/2"
+DATASETS = Registry("dataset", "benchmarks.datasets")
 SPLITS = ("train", "valid", "test")
 
 
@@ -86,67 +91,90 @@ class DataSplits:
                 raw = raw[:, : max(1, int((raw >= 0).sum(1).max()))]
             yield self.to_model_input(raw, split, generator).to(device)
 
-    def save(self, path: str | Path, options: dict) -> None:
-        """Write the prepared file and `<path>.sha256` (checked by ``load``)."""
+    def save(self, path: str | Path, provenance: dict) -> None:
+        """Write the prepared file and `<path>.sha256` (checked by ``load``). `provenance`: the dataset's
+        name, code version and resolved options (``Dataset.provenance()``)."""
         payload = {
             "format": PREPARED_FORMAT,
-            "options": options,
+            "provenance": provenance,
             **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
         }
         torch_save(path, payload)
         write_text(checksum_path(path), sha256_of(Path(path)) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "DataSplits":
+    def load(cls, path: str | Path, expect: Optional[dict] = None) -> "DataSplits":
+        """Read a prepared file after checking its sha256 sidecar; with `expect` (the provenance the
+        caller's config resolves to), refuse a file made from other options or another code version."""
         path = Path(path)
         if not path.exists():
             raise DataError(f"prepared data {path} does not exist; run `snakemake {path}` to prepare it")
         sidecar = checksum_path(path)
-        if sidecar.exists() and sidecar.read_text().strip() != sha256_of(path):
+        if not sidecar.exists():
+            raise DataError(f"prepared data {path} has no checksum file {sidecar}; delete {path} and rerun the "
+                            "pipeline to prepare it again")
+        if sidecar.read_text().strip() != sha256_of(path):
             raise DataError(
                 f"prepared data {path} does not match its checksum {sidecar} (corrupt or truncated); "
                 "delete both files and rerun the pipeline to prepare them again"
             )
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # truncated or foreign file
+        except Exception as exc:  # truncated, foreign or a pickle payload weights_only refuses
             raise DataError(
-                f"prepared data {path} is unreadable ({type(exc).__name__}: {exc}); delete it and "
+                f"prepared data {path} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); delete it and "
                 "rerun the pipeline to prepare it again"
             ) from None
         if not isinstance(payload, dict) or payload.get("format") != PREPARED_FORMAT:
-            raise DataError(f"{path} is not an amortbench prepared-data file ({PREPARED_FORMAT})")
+            found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+            raise DataError(f"{path} is not an amortbench prepared-data file of format {PREPARED_FORMAT} "
+                            f"(found {found!r}); delete it and rerun the pipeline to prepare it again")
+        if expect is not None and payload["provenance"] != expect:
+            raise DataError(
+                f"prepared data {path} was made by {_describe(payload['provenance'])}, but this cell's config "
+                f"asks for {_describe(expect)}; delete {path} (and its .sha256) and rerun to prepare it "
+                "from the current config"
+            )
         return cls(**{f.name: payload[f.name] for f in dataclasses.fields(cls)})
 
 
+def _describe(provenance: dict) -> str:
+    return (f"dataset {provenance.get('dataset')!r} version {provenance.get('version')} with options "
+            f"{provenance.get('options')}")
+
+
 # --------------------------------------------------------------------------------------------------
-# registry
-
-_DATASETS: dict[str, type] = {}
+# the dataset base class
 
 
-def dataset(name: str, *, default_family: str, families: tuple[str, ...] | None = None):
-    """Class decorator registering a dataset options dataclass under `name`."""
+class Dataset(Options):
+    """The `data:` options of one registered dataset, and how to build its splits from them."""
 
-    def register(cls: type) -> type:
-        cls = dataclass(cls)
-        cls.name = name
-        cls.default_family = default_family
-        cls.families = families or (default_family,)
-        _DATASETS[name] = cls
-        return cls
+    name: ClassVar[str] = ""
+    modality: ClassVar[str] = ""  # image | vector | sequence
+    likelihood: ClassVar[str] = ""  # bernoulli | gaussian | categorical | discrete_pixels
+    version: ClassVar[int] = 1  # raise when build() produces different data from the same options
 
-    return register
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs):
+        super().__pydantic_init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            DATASETS.add(cls)
+
+    def build(self, data_dir: Path) -> DataSplits:
+        raise NotImplementedError
+
+    def provenance(self) -> dict:
+        """What a prepared file records and what ``DataSplits.load`` checks."""
+        return {"dataset": self.name, "version": self.version, "options": self.to_dict()}
+
+
+def dataset_class(name: str) -> type[Dataset]:
+    return DATASETS.get(name)
 
 
 def available_datasets() -> list[str]:
-    return sorted(_DATASETS)
-
-
-def dataset_class(name: str) -> type:
-    if name not in _DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; available datasets: {available_datasets()}")
-    return _DATASETS[name]
+    return DATASETS.names()
 
 
 def checksum_path(path: str | Path) -> Path:
@@ -180,9 +208,4 @@ def split_indices(n: int, sizes: dict[str, int], seed: int) -> dict[str, np.ndar
 
 def prepare(name: str, options: dict | None, data_dir: str | Path) -> DataSplits:
     """Build dataset `name` with its `data:` options (validated) from files under `data_dir`."""
-    from ..config import from_dict
-
-    spec = from_dict(dataset_class(name), options or {}, f"datasets.{name}.data")
-    return spec.build(Path(data_dir))
-
-
+    return dataset_class(name).parse(options, f"datasets.{name}.data").build(Path(data_dir))

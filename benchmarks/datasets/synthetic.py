@@ -6,15 +6,16 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from .core import SPLITS, DataSplits, dataset
+from ..models import LSTMCategorical, LSTMCategoricalOptions
+from ..quadrature import log_marginal_2d
+from .core import SPLITS, DataSplits, Dataset
 
 
 # --------------------------------------------------------------------------------------------------
 # linear_gaussian: an exactly solvable latent model, generated from a seed
 
 
-@dataset("linear_gaussian", default_family="linear_gaussian")
-class LinearGaussianData:
+class LinearGaussianData(Dataset):
     """x = W z + b + e, z ~ N(0, I_d), e ~ N(0, noise_std^2 I), generated from `seed`.
 
     With ``diagonal_posterior`` W = Q diag(s) with orthonormal Q, so W^T W is diagonal and the true
@@ -22,6 +23,10 @@ class LinearGaussianData:
     columns and the posterior covariance is full. The exact test NLL under the true parameters is stored
     as ``meta.true_nll`` (nats per datapoint).
     """
+
+    name = "linear_gaussian"
+    modality = "vector"
+    likelihood = "gaussian"
 
     x_dim: int = 16
     latent_dim: int = 4
@@ -69,8 +74,7 @@ class LinearGaussianData:
 # synthetic_oracle: the SA-VAE synthetic LSTM oracle (Kim et al. 2018, section 5.1)
 
 
-@dataset("synthetic_oracle", default_family="lstm_categorical")
-class SyntheticOracle:
+class SyntheticOracle(Dataset):
     """Sequences of `length` tokens from a random LSTM oracle with a 2-d latent z ~ N(0, I).
 
     x_t ~ softmax(W [h_t; z] + c), h_t = LSTM(embed(x_{t-1})), h_0 = 0, x_0 input = a <s> vector.
@@ -80,6 +84,10 @@ class SyntheticOracle:
     gives the "oracle generator fixed" setting. The true test NLL is computed by adaptive 2-d quadrature
     (benchmarks/quadrature.py); ``meta.true_nll_error`` is the largest per-datapoint error estimate.
     """
+
+    name = "synthetic_oracle"
+    modality = "sequence"
+    likelihood = "categorical"
 
     vocab_size: int = 1000
     length: int = 5
@@ -92,8 +100,6 @@ class SyntheticOracle:
     quadrature_points: int = 31
 
     def oracle(self):
-        from ..models import LSTMCategorical, LSTMCategoricalOptions
-
         options = LSTMCategoricalOptions(latent_dim=2, embed_dim=self.embed_dim, hidden=self.hidden,
                                          z_to_input=False, z_to_hidden=False, z_to_output=True)
         model = LSTMCategorical(self.vocab_size, options)
@@ -106,8 +112,6 @@ class SyntheticOracle:
         return model.eval()
 
     def build(self, data_dir: Path) -> DataSplits:
-        from ..quadrature import log_marginal_2d
-
         model = self.oracle()
         g = torch.Generator().manual_seed(self.seed + 1)
         n = {"train": self.n_train, "valid": self.n_valid, "test": self.n_test}

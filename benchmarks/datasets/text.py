@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .core import SPLITS, DataSplits, dataset, sha256_of
+from .core import SPLITS, DataSplits, Dataset, sha256_of
 
 SPECIALS = ("<unk>", "<s>", "</s>")
 TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -68,8 +68,11 @@ def tokenize(text: str) -> list[str]:
     return TOKEN.findall(text.lower())
 
 
-@dataset("yahoo", default_family="lstm_categorical")
-class Yahoo:
+class Yahoo(Dataset):
+    name = "yahoo"
+    modality = "sequence"
+    likelihood = "categorical"
+
     root: Optional[str] = None
     source: Literal["auto", "files", "huggingface"] = "auto"
     hf_name: str = "yahoo_answers_topics"

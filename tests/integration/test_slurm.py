@@ -32,7 +32,8 @@ import pytest
 import torch
 import yaml
 
-from benchmarks.config import REPO_ROOT, cells
+from benchmarks.provenance import REPO_ROOT
+from benchmarks.suite import cells
 from tests.integration.test_pipeline import SNAKEMAKE, TINY, snakemake
 
 pytestmark = pytest.mark.integration
@@ -102,7 +103,7 @@ def _wait(proc: subprocess.Popen, log: Path, timeout: float) -> str:
 
 def _checkpoint_epoch(path: Path) -> int | None:
     try:
-        return int(torch.load(path, weights_only=False, map_location="cpu")["epoch"])
+        return int(torch.load(path, weights_only=True, map_location="cpu")["epoch"])
     except (FileNotFoundError, EOFError, RuntimeError, KeyError):
         return None  # not written yet (it is replaced atomically, so a partial read is not expected)
 

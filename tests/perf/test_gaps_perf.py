@@ -19,7 +19,7 @@ import torch
 
 from benchmarks import models
 from benchmarks.datasets import DataSplits, LinearGaussianData
-from benchmarks.gaps import LocalOptimConfig, optimize_ffg, optimize_ffg_one_at_a_time
+from benchmarks.localopt import LocalOptimConfig, optimize_ffg, optimize_ffg_one_at_a_time
 
 from .conftest import best_time
 

@@ -1,0 +1,226 @@
+"""Runtime: device, seeding and determinism, RNG state, and the safe file formats of trained models and
+training checkpoints.
+
+Files a user may have received from someone else (model.pt, state/last.pt) hold only tensors and plain
+containers and are read with ``torch.load(weights_only=True)``: no pickled object is ever constructed,
+so a crafted file cannot run code. Model files carry a sha256 sidecar like the prepared data, their
+format name and the hash of the training configuration they were made from; ``load_model`` checks all
+three and says how to regenerate a file that fails.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+
+from methods import build_method
+
+from . import models
+from .datasets import DataSplits
+from .datasets.core import checksum_path, sha256_of
+from .errors import ConfigError, DataError
+from .io import torch_save, write_text
+
+log = logging.getLogger("amortbench.runtime")
+
+MODEL_FORMAT = "amortbench.model/2"
+CHECKPOINT_FORMAT = "amortbench.checkpoint/2"
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+# --------------------------------------------------------------------------------------------------
+# device and determinism
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when torch finds a device, else the CPU; `cuda` without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was requested but torch finds no CUDA device; use --device cpu")
+    return torch.device(name)
+
+
+def prepare_determinism(deterministic: bool) -> None:
+    """Before the first CUDA call: cuBLAS is only deterministic with a fixed workspace
+    (CUBLAS_WORKSPACE_CONFIG); set it unless the user has set it already."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> dict:
+    """Seed Python, NumPy and torch; with `deterministic`, ask torch for deterministic algorithms.
+
+    Returns what is really in force, for the provenance record: on CUDA, determinism needs the cuBLAS
+    workspace variable set before CUDA started (``prepare_determinism``) and cuDNN's benchmark off."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    return determinism_record(deterministic)
+
+
+def determinism_record(requested: bool) -> dict:
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    cuda_ok = cublas in (":4096:8", ":16:8")
+    in_force = bool(requested and torch.are_deterministic_algorithms_enabled()
+                    and (cuda_ok or not torch.cuda.is_initialized()))
+    return {"requested": bool(requested), "in_force": in_force, "cublas_workspace_config": cublas,
+            "cuda_initialized": torch.cuda.is_initialized()}
+
+
+@contextlib.contextmanager
+def cudnn_disabled(enabled: bool = True) -> Iterator[None]:
+    """cuDNN off inside (when `enabled`): its RNN kernels support neither double backward nor backward in
+    eval mode, so refinement and exact SA-VAE gradients through recurrent models take the native kernels."""
+    if not enabled:
+        yield
+        return
+    previous = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.enabled = previous
+
+
+# --------------------------------------------------------------------------------------------------
+# RNG state as tensors (a checkpoint needs no pickle)
+
+
+def rng_state() -> dict:
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["mt"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------------------------------
+# safe reading
+
+
+def safe_load(path: Path, what: str) -> Any:
+    """torch.load with weights_only=True; anything it refuses or cannot read is a DataError naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign, or a pickle payload weights_only refuses
+        raise DataError(f"{what} {path} cannot be read safely ({type(exc).__name__}: {str(exc)[:300]})") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# trained model files
+
+
+@dataclass
+class SavedModel:
+    state: dict  # the method's state_dict
+    meta: dict  # JSON metadata: train_hash, the training cell, epochs, seconds, ...
+
+
+def save_model(path: Path, state: dict, meta: dict) -> None:
+    """model.pt (tensors + JSON metadata) and model.pt.sha256, both written atomically."""
+    torch_save(path, {"format": MODEL_FORMAT, "meta": json.dumps(meta, sort_keys=True), "state": state})
+    write_text(checksum_path(path), sha256_of(Path(path)) + "\n")
+
+
+def model_checksum(path: Path) -> Optional[str]:
+    """The sha256 recorded beside a model file, or None when there is no sidecar."""
+    sidecar = checksum_path(path)
+    return sidecar.read_text().strip() if sidecar.exists() else None
+
+
+def verify_model_file(path: Path) -> Optional[str]:
+    """None if the model file matches its sha256 sidecar, else a sentence saying what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        return f"{path} does not exist"
+    recorded = model_checksum(path)
+    if recorded is None:
+        return f"{path} has no checksum file {checksum_path(path)} (an older version of amortbench, or a copy)"
+    if recorded != sha256_of(path):
+        return f"{path} does not match its checksum {checksum_path(path)} (corrupt or truncated)"
+    return None
+
+
+def load_model(path: Path, train_hash: Optional[str] = None) -> SavedModel:
+    """Read a model file after checking its checksum, format and (if given) the training-config hash."""
+    path = Path(path)
+    regenerate = f"delete {path} and {checksum_path(path)} and rerun the pipeline to retrain it"
+    problem = verify_model_file(path)
+    if problem:
+        raise DataError(f"{problem}; {regenerate}")
+    payload = safe_load(path, "model file")
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise DataError(f"{path} is not an amortbench model file of format {MODEL_FORMAT} (found {found!r}); "
+                        f"{regenerate}")
+    meta = json.loads(payload["meta"])
+    if train_hash is not None and meta.get("train_hash") != train_hash:
+        raise DataError(f"{path} was trained from another configuration (train hash {meta.get('train_hash')}, "
+                        f"this cell's is {train_hash}); {regenerate}")
+    return SavedModel(payload["state"], meta)
+
+
+def build_trained(cell: dict, data: DataSplits, device: torch.device, model_file: Path):
+    """The cell's method (generative model included) with the trained state of `model_file`, in eval mode
+    on `device`; the file must have been trained from this cell's training configuration."""
+    saved = load_model(model_file, cell["hashes"]["train"])
+    method = build_method(cell["method"], models.build(data, cell["model"]), cell["method_config"])
+    method.load_state_dict(saved.state)
+    return method.to(device).eval(), saved
+
+
+# --------------------------------------------------------------------------------------------------
+# training checkpoints
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    torch_save(path, {"format": CHECKPOINT_FORMAT, **payload})
+
+
+def load_checkpoint(path: Path, train_hash: str) -> Optional[dict]:
+    """The resumable checkpoint if it exists, reads safely and belongs to this training configuration;
+    otherwise None (with a warning saying why, and training starts from scratch)."""
+    if not path.exists():
+        return None
+    try:
+        checkpoint = safe_load(path, "checkpoint")
+    except DataError as exc:
+        log.warning("%s: starting from scratch", exc)
+        return None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        log.warning("checkpoint %s has another format (an older version of amortbench?): starting from scratch",
+                    path)
+        return None
+    if checkpoint.get("train_hash") != train_hash:
+        log.warning("checkpoint %s belongs to another configuration: starting from scratch", path)
+        return None
+    return checkpoint
