@@ -1,10 +1,14 @@
-"""amortbench pipeline: prepare data -> train -> evaluate -> figures -> (gaps) -> report.
+"""amortbench pipeline: prepare data -> train -> evaluate (+ figures) -> timing -> (gaps) -> report.
 
 One generic rule per stage; {dataset} (a config entry), {method} and {seed} are wildcards, so a new method
-or dataset needs no rule of its own. Every path is built here, once; each job gets every file it reads as
-an input and writes only declared outputs, with one exception: a training job's resumable checkpoint
-(results/<cell>/state/last.pt) is deliberately undeclared, because Snakemake deletes the outputs of a
-failed job and the checkpoint must survive exactly that. Run with a config, e.g.
+or dataset needs no rule of its own. Every path is built here, once (RUN, TIMING, the manifest); each job
+gets every file it reads as an input and writes only declared outputs, with one exception: a training
+job's resumable checkpoint (results/<cell>/state/last.pt) is deliberately undeclared, because Snakemake
+deletes the outputs of a failed job and the checkpoint must survive exactly that.
+
+Inference is timed by one `timing` job per dataset that holds every core (threads: all of them), so no
+other job runs beside it, and times all the dataset's trained methods round-robin in one process.
+Run with a config, e.g.
 
     snakemake --cores 2 --configfile config/default.yaml
 """
@@ -20,8 +24,17 @@ min_version("9.0")
 ROOT = workflow.basedir
 sys.path.insert(0, ROOT)
 
-from benchmarks.io import write_json  # noqa: E402
-from benchmarks.suite import STAGES, cells, data_options, dataset_kind, parse_suite, resolve_cell, stage_view  # noqa: E402
+from benchmarks.runtime import verify_model_file  # noqa: E402
+from benchmarks.suite import (  # noqa: E402
+    STAGES,
+    cells,
+    data_options,
+    dataset_kind,
+    expected_cells,
+    parse_suite,
+    resolve_cell,
+    stage_view,
+)
 
 if not config:
     raise ValueError("no configuration given: run `snakemake --configfile config/default.yaml` (or another config)")
@@ -37,11 +50,12 @@ CELLS = cells(config)
 RESOLVED = {(d, m, s): resolve_cell(config, d, m, s, SUITE) for d, m, s in CELLS}
 DATASETS = sorted({d for d, _, _ in CELLS})
 RUN = "results/{dataset}/{method}/seed{seed}"
+TIMING = "results/{dataset}/timing"
 DEFAULT_RESOURCES = {
     "prepare_data": {"mem_mb": 8000},
     "train": {"mem_mb": 4000},
     "evaluate": {"mem_mb": 4000},
-    "figures": {"mem_mb": 4000},
+    "timing": {"mem_mb": 4000},
     "gaps": {"mem_mb": 4000},
     "report": {"mem_mb": 2000},
 }
@@ -60,30 +74,73 @@ def cell_of(w):
     return RESOLVED[(w.dataset, w.method, int(w.seed))]
 
 
-def stage_cell(w):
-    """What one stage of a cell reads: the cell without the other stages' sections and hashes, so a
-    changed option rewrites (and reruns) only the stages it touches."""
-    return stage_view(cell_of(w), w.stage)
+def all_cores(wildcards=None):
+    """Every core Snakemake may use (the timing job holds them all, so nothing runs beside it); 1 where no
+    core count is set (`--report`, cluster executors: there the profile asks for an exclusive node)."""
+    try:
+        return int(workflow.cores)
+    except Exception:  # noqa: BLE001 - Snakemake raises when --cores was not given
+        return 1
+
+
+def cells_of(dataset):
+    return [(d, m, s) for d, m, s in CELLS if d == dataset]
 
 
 RUNS = [run_dir(d, m, s) for d, m, s in CELLS]
-GAP_CELLS = [(d, m, s) for d, m, s in CELLS if RESOLVED[(d, m, s)]["gaps"]["enabled"]]
+GAP_CELLS = [c for c in CELLS if RESOLVED[c]["gaps"]["enabled"]]
 GAP_DATASETS = sorted({d for d, _, _ in GAP_CELLS})
-EXPECTED = [{"dataset": d, "method": m, "seed": s, "hashes": RESOLVED[(d, m, s)]["hashes"]} for d, m, s in CELLS]
+
+
+def manifest():
+    """results/expected.json: the expected cells with their hashes and result files, the timing file of each
+    dataset, and every job's cost files; the report checks each result against it."""
+    expected = []
+    for entry, key in zip(expected_cells(config, RESOLVED), CELLS):
+        run = run_dir(*key)
+        entry["files"] = {"metrics": f"{run}/metrics.json", "points": f"{run}/points.parquet",
+                          "model_checksum": f"{run}/model.pt.sha256",
+                          "gaps": f"{run}/gaps.json" if key in GAP_CELLS else None}
+        expected.append(entry)
+    costs = [{"rule": "prepare_data", "label": f"prepare {d}", "benchmark": f"data/prepared/{d}.benchmark.tsv",
+              "cost": f"data/prepared/{d}.cost.json"} for d in DATASETS]
+    for d, m, s in CELLS:
+        run = run_dir(d, m, s)
+        stages = ["train", "evaluate"] + (["gaps"] if (d, m, s) in GAP_CELLS else [])
+        costs += [{"rule": stage, "label": f"{stage} {d}/{m}/seed{s}", "benchmark": f"{run}/{stage}.benchmark.tsv",
+                   "cost": f"{run}/{stage}.cost.json"} for stage in stages]
+    costs += [{"rule": "timing", "label": f"timing {d}", "benchmark": f"{TIMING.format(dataset=d)}.benchmark.tsv",
+               "cost": f"{TIMING.format(dataset=d)}.cost.json"} for d in DATASETS]
+    return {"cells": expected, "datasets": {d: {"timing": f"{TIMING.format(dataset=d)}.json"} for d in DATASETS},
+            "costs": costs}
+
+
+MANIFEST = manifest()
 REPORT_FILES = expand("results/leaderboard.{ext}", ext=["md", "csv", "tex", "parquet"])
 PARETO_PLOTS = expand("results/pareto_{dataset}.png", dataset=DATASETS)
 CURVES = expand("results/curves_{dataset}.png", dataset=DATASETS)
+
+# A model file that no longer matches its checksum (or has none: an older version) is moved aside, so that
+# Snakemake sees it missing and retrains the cell (resuming from its checkpoint where there is one).
+if not workflow.dryrun:
+    for run in RUNS:
+        model = f"{run}/model.pt"
+        if os.path.exists(model) and (problem := verify_model_file(model)):
+            os.replace(model, model + ".corrupt")
+            if os.path.exists(model + ".sha256"):
+                os.replace(model + ".sha256", model + ".sha256.corrupt")
+            print(f"amortbench: {problem}: moved it to {model}.corrupt; the cell will be trained again",
+                  file=sys.stderr)
 
 
 report: "report/workflow.rst"
 
 
 onerror:
-    # With --keep-going the other cells finish first; compile what exists so the leaderboard
-    # marks the failed cells as missing (a later successful run replaces it).
-    metrics = [f"{run}/metrics.json" for run in RUNS if os.path.exists(f"{run}/metrics.json")]
-    if metrics and os.path.exists("results/expected.json"):
-        shell("python -m benchmarks.cli report {metrics:q} --expected results/expected.json --out-dir results"
+    # With --keep-going the other cells finish first; compile what exists, so the leaderboard marks the
+    # failed cells as missing and results of other configurations as stale (never as ok).
+    if os.path.exists("results/expected.json"):
+        shell("python -m benchmarks.cli report --manifest results/expected.json --out-dir results"
               " > results/report.partial.log 2>&1 || true")
 
 
@@ -96,7 +153,7 @@ wildcard_constraints:
 localrules:
     all,
     cell,
-    expected,
+    manifest,
 
 
 rule all:
@@ -105,17 +162,15 @@ rule all:
         PARETO_PLOTS,
         CURVES,
         "results/index.html",
-        [f"{run}/samples.png" for run in RUNS],
 
 
-rule expected:
-    """The cells of this config and the hashes their results must carry (read by the report)."""
+rule manifest:
     output:
         "results/expected.json",
     params:
-        expected=json.dumps(EXPECTED, sort_keys=True),
-    run:
-        write_json(output[0], json.loads(params.expected))
+        content=json.dumps(MANIFEST, sort_keys=True),
+    shell:
+        "printf '%s\\n' {params.content:q} > {output:q}.part && mv {output:q}.part {output:q}"
 
 
 rule cell:
@@ -123,17 +178,18 @@ rule cell:
     output:
         RUN + "/cell/{stage}.json",
     params:
-        cell=lambda w: json.dumps(stage_cell(w), sort_keys=True),
+        content=lambda w: json.dumps(stage_view(cell_of(w), w.stage), sort_keys=True),
     wildcard_constraints:
         stage="|".join(STAGES),
-    run:
-        write_json(output[0], json.loads(params.cell))
+    shell:
+        "printf '%s\\n' {params.content:q} > {output:q}.part && mv {output:q}.part {output:q}"
 
 
 rule prepare_data:
     output:
         data="data/prepared/{dataset}.pt",
         checksum="data/prepared/{dataset}.pt.sha256",
+        cost="data/prepared/{dataset}.cost.json",
     params:
         kind=lambda w: dataset_kind(config, w.dataset),
         options=lambda w: json.dumps(data_options(config, w.dataset), sort_keys=True),
@@ -148,7 +204,7 @@ rule prepare_data:
         "envs/amortbench.yaml"
     shell:
         "python -m benchmarks.cli prepare {params.kind} --options {params.options:q}"
-        " --data-dir {params.data_dir:q} --out {output.data:q} > {log:q} 2>&1"
+        " --data-dir {params.data_dir:q} --out {output.data:q} --cost {output.cost:q} > {log:q} 2>&1"
 
 
 rule train:
@@ -159,6 +215,7 @@ rule train:
         model=RUN + "/model.pt",
         checksum=RUN + "/model.pt.sha256",
         history=RUN + "/train_log.csv",
+        cost=RUN + "/train.cost.json",
     params:
         state_dir=RUN + "/state",
     log:
@@ -173,7 +230,7 @@ rule train:
     shell:
         "python -m benchmarks.cli train --cell {input.cell:q} --data {input.data:q} --model {output.model:q}"
         " --history {output.history:q} --state-dir {params.state_dir:q} --threads {threads} --no-progress"
-        " > {log:q} 2>&1"
+        " --cost {output.cost:q} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -182,48 +239,8 @@ rule evaluate:
         model=RUN + "/model.pt",
         cell=RUN + "/cell/eval.json",
     output:
-        RUN + "/metrics.json",
-    log:
-        RUN + "/evaluate.log",
-    benchmark:
-        RUN + "/evaluate.benchmark.tsv"
-    threads: THREADS
-    resources:
-        **resources_of("evaluate"),
-    conda:
-        "envs/amortbench.yaml"
-    shell:
-        "python -m benchmarks.cli evaluate --cell {input.cell:q} --data {input.data:q} --model {input.model:q}"
-        " --out {output:q} --threads {threads} > {log:q} 2>&1"
-
-
-rule gaps:
-    input:
-        data="data/prepared/{dataset}.pt",
-        model=RUN + "/model.pt",
-        cell=RUN + "/cell/gaps.json",
-    output:
-        RUN + "/gaps.json",
-    log:
-        RUN + "/gaps.log",
-    benchmark:
-        RUN + "/gaps.benchmark.tsv"
-    threads: THREADS
-    resources:
-        **resources_of("gaps"),
-    conda:
-        "envs/amortbench.yaml"
-    shell:
-        "python -m benchmarks.cli gaps --cell {input.cell:q} --data {input.data:q} --model {input.model:q}"
-        " --out {output:q} --threads {threads} > {log:q} 2>&1"
-
-
-rule figures:
-    input:
-        data="data/prepared/{dataset}.pt",
-        model=RUN + "/model.pt",
-        cell=RUN + "/cell/train.json",
-    output:
+        metrics=RUN + "/metrics.json",
+        points=RUN + "/points.parquet",
         reconstructions=report(
             RUN + "/reconstructions.png",
             caption="report/reconstructions.rst",
@@ -238,28 +255,85 @@ rule figures:
             subcategory="{dataset}",
             labels={"method": "{method}", "seed": "{seed}"},
         ),
+        cost=RUN + "/evaluate.cost.json",
     log:
-        RUN + "/figures.log",
+        RUN + "/evaluate.log",
+    benchmark:
+        RUN + "/evaluate.benchmark.tsv"
+    threads: THREADS
     resources:
-        **resources_of("figures"),
+        **resources_of("evaluate"),
     conda:
         "envs/amortbench.yaml"
     shell:
-        "python -m benchmarks.cli figures --cell {input.cell:q} --data {input.data:q} --model {input.model:q}"
-        " --reconstructions {output.reconstructions:q} --samples {output.samples:q} --device cpu > {log:q} 2>&1"
+        "python -m benchmarks.cli evaluate --cell {input.cell:q} --data {input.data:q} --model {input.model:q}"
+        " --out {output.metrics:q} --points {output.points:q} --reconstructions {output.reconstructions:q}"
+        " --samples {output.samples:q} --threads {threads} --cost {output.cost:q} > {log:q} 2>&1"
+
+
+rule timing:
+    """All trained cells of a dataset, timed round-robin in one process. `threads: workflow.cores` reserves
+    every core, so the local scheduler runs nothing beside it (the torch threads stay the config's)."""
+    input:
+        data="data/prepared/{dataset}.pt",
+        cells=lambda w: [f"{run_dir(*c)}/cell/timing.json" for c in cells_of(w.dataset)],
+        models=lambda w: [f"{run_dir(*c)}/model.pt" for c in cells_of(w.dataset)],
+    output:
+        timing=TIMING + ".json",
+        cost=TIMING + ".cost.json",
+    log:
+        TIMING + ".log",
+    benchmark:
+        TIMING + ".benchmark.tsv"
+    threads: all_cores
+    resources:
+        **resources_of("timing"),
+    conda:
+        "envs/amortbench.yaml"
+    shell:
+        "python -m benchmarks.cli timing --cells {input.cells:q} --models {input.models:q} --data {input.data:q}"
+        f" --out {{output.timing:q}} --threads {THREADS} --cost {{output.cost:q}} > {{log:q}} 2>&1"
+
+
+rule gaps:
+    input:
+        data="data/prepared/{dataset}.pt",
+        model=RUN + "/model.pt",
+        cell=RUN + "/cell/gaps.json",
+    output:
+        gaps=RUN + "/gaps.json",
+        cost=RUN + "/gaps.cost.json",
+    log:
+        RUN + "/gaps.log",
+    benchmark:
+        RUN + "/gaps.benchmark.tsv"
+    threads: THREADS
+    resources:
+        **resources_of("gaps"),
+    conda:
+        "envs/amortbench.yaml"
+    shell:
+        "python -m benchmarks.cli gaps --cell {input.cell:q} --data {input.data:q} --model {input.model:q}"
+        " --out {output.gaps:q} --threads {threads} --cost {output.cost:q} > {log:q} 2>&1"
 
 
 rule report:
     input:
-        expected="results/expected.json",
+        manifest="results/expected.json",
         metrics=[f"{run}/metrics.json" for run in RUNS],
+        points=[f"{run}/points.parquet" for run in RUNS],
+        samples=[f"{run}/samples.png" for run in RUNS],
+        timings=[TIMING.format(dataset=d) + ".json" for d in DATASETS],
         gaps=[f"{run_dir(*c)}/gaps.json" for c in GAP_CELLS],
+        costs=[c[k] for c in MANIFEST["costs"] for k in ("benchmark", "cost")],
     output:
         REPORT_FILES,
         [report(p, caption="report/pareto.rst", category="Pareto plots") for p in PARETO_PLOTS],
         [report(p, caption="report/curves.rst", category="Training curves") for p in CURVES],
         page=report("results/index.html", caption="report/leaderboard.rst", category="Leaderboards"),
+        plotly="results/plotly.min.js",
         long=expand("results/metrics_long.{ext}", ext=["csv", "parquet"]),
+        costs=expand("results/costs.{ext}", ext=["md", "csv"]),
         environment="results/ENVIRONMENT.md",
         gap_tables=expand("results/gaps.{ext}", ext=["md", "csv", "tex"]) if GAP_CELLS else [],
         gap_plots=[
@@ -275,5 +349,4 @@ rule report:
     conda:
         "envs/amortbench.yaml"
     shell:
-        "python -m benchmarks.cli report {input.metrics:q} --expected {input.expected:q}"
-        " --gaps {input.gaps:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        "python -m benchmarks.cli report --manifest {input.manifest:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -1,27 +1,39 @@
 """Entry points used by the Snakemake rules (``python -m benchmarks.cli <stage> ...``, or ``amortbench``).
 
     prepare   dataset options -> data/prepared/<entry>.pt (+ .sha256)
-    train     cell.json + prepared data -> model.pt (+ .sha256), train_log.csv (resumable via --state-dir)
-    evaluate  cell.json + model.pt + prepared data -> metrics.json
-    figures   cell.json + model.pt + prepared data -> reconstructions.png, samples.png
-    gaps      cell.json + model.pt + prepared data -> gaps.json (approximation / amortization gaps)
-    report    metrics.json files -> leaderboard.{md,csv,tex,parquet}, plots, index.html
+    train     cell/train.json + prepared data -> model.pt (+ .sha256), train_log.csv (resumable: --state-dir)
+    evaluate  cell/eval.json + model.pt + prepared data -> metrics.json, points.parquet, figures
+    timing    every cell/timing.json + model.pt of a dataset -> timing.json (interleaved; run it alone)
+    gaps      cell/gaps.json + model.pt + prepared data -> gaps.json (approximation / amortization gaps)
+    report    results/expected.json (the cells and their result files) -> leaderboards, plots, index.html
     publish   a finished run's reports -> results/reference/<name>/ (with RUN.md)
     validate  check a suite config file
     schema    print the JSON schema of a suite config (generated from the option classes)
 
-Every file a stage reads is an argument; dataset, method and seed come from the cell.json it is given.
+Every file a stage reads is an argument; dataset, method and seed come from the cell file it is given.
+Stage modules are imported only by the subcommand that needs them, so a job starts as fast as it can;
+``--cost FILE`` records the job's start-up and work seconds for the run's cost table.
 Errors a user can fix print one line naming the file or option and exit with status 2.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
+import os
+import resource
 import sys
+import time
 from pathlib import Path
 
 from .errors import AmortbenchError, DataError
+
+STARTED = time.time()  # a job's start (refined to the process's creation time when run as a command)
+#: what each subcommand imports before its work clock starts (start-up = Python + these imports)
+STAGE_MODULES = {"prepare": "benchmarks.datasets", "train": "benchmarks.train", "evaluate": "benchmarks.evaluate",
+                 "timing": "benchmarks.timing", "gaps": "benchmarks.gaps", "report": "benchmarks.report.build",
+                 "validate": "benchmarks.suite", "schema": "benchmarks.suite"}
 
 
 def read_json(path: str | Path, what: str) -> dict:
@@ -37,21 +49,19 @@ def _setup(args, cell: dict | None = None):
     """Threads, determinism and the device of a stage (the CLI's --device beats the cell's)."""
     from . import runtime
 
-    deterministic = cell["deterministic"] if cell else True
-    runtime.prepare_determinism(deterministic)  # before anything touches CUDA
+    runtime.prepare_determinism(cell["deterministic"] if cell else True)  # before anything touches CUDA
     import torch
 
-    threads = getattr(args, "threads", None)
-    if threads:
-        torch.set_num_threads(threads)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     return runtime.resolve_device(getattr(args, "device", None) or (cell or {}).get("device", "auto"))
 
 
 def _load_data(path: str, cell: dict):
-    from .datasets import DataSplits
-    from .suite import data_provenance
+    from .datasets import DataSplits, dataset_class
 
-    return DataSplits.load(path, expect=data_provenance(cell))
+    expect = dataset_class(cell["dataset_kind"]).parse(cell["data"], "data").provenance()
+    return DataSplits.load(path, expect=expect)
 
 
 def cmd_prepare(args) -> None:
@@ -82,22 +92,26 @@ def cmd_evaluate(args) -> None:
 
     cell = read_json(args.cell, "cell file")
     device = _setup(args, cell)
-    payload = run_evaluation(cell, Path(args.model), _load_data(args.data, cell), device)
+    payload = run_evaluation(cell, Path(args.model), _load_data(args.data, cell), device, Path(args.points),
+                             Path(args.reconstructions), Path(args.samples))
     write_json(args.out, payload)
     m = payload["metrics"]
-    logging.info("evaluated %s/%s: test NLL %.3f, ELBO %.3f, %.4f ms/example", payload["dataset"],
-                 payload["method"], m["test_nll"], m["test_elbo"], m["infer_ms_per_example"])
+    logging.info("evaluated %s/%s: test NLL %.3f, ELBO %.3f", payload["dataset"], payload["method"],
+                 m["test_nll"], m["test_elbo"])
 
 
-def cmd_figures(args) -> None:
-    from .figures import draw
-    from .runtime import build_trained
+def cmd_timing(args) -> None:
+    from .io import write_json
+    from .timing import run_timing
 
-    cell = read_json(args.cell, "cell file")
-    device = _setup(args, cell)
-    data = _load_data(args.data, cell)
-    method, _ = build_trained(cell, data, device, Path(args.model))
-    draw(method, data, Path(args.reconstructions), Path(args.samples))
+    cells = [read_json(path, "cell file") for path in args.cells]
+    if len(cells) != len(args.models):
+        raise AmortbenchError(f"timing: {len(cells)} cell files but {len(args.models)} model files")
+    device = _setup(args, cells[0])
+    payload = run_timing(cells, [Path(m) for m in args.models], _load_data(args.data, cells[0]), device)
+    write_json(args.out, payload)
+    logging.info("timed %d cells of %s in %.1f s", len(cells), payload["dataset"],
+                 payload["measured"]["finished"] - payload["measured"]["started"])
 
 
 def cmd_gaps(args) -> None:
@@ -110,18 +124,14 @@ def cmd_gaps(args) -> None:
     write_json(args.out, payload)
     test = payload["splits"].get("test", {}).get("metrics", {})
     if test:
-        logging.info("gaps of %s/%s on test: approximation %.3f, amortization %.3f nats", payload["dataset"],
+        logging.info("gaps of %s/%s on test: approximation %.3f, q* - q %.3f nats", payload["dataset"],
                      payload["method"], test["approximation_gap_ffg"]["mean"], test["amortization_gap_ffg"]["mean"])
 
 
 def cmd_report(args) -> None:
-    from .report import build_report
+    from .report.build import build_report
 
-    expected = read_json(args.expected, "expected-cells file") if args.expected else None
-    files = list(args.metrics)
-    if not files:
-        raise AmortbenchError("no metrics.json files to report")
-    board = build_report(files, args.out_dir, expected, gap_files=args.gaps)
+    board = build_report(read_json(args.manifest, "manifest"), args.out_dir)
     logging.info("leaderboard of %d rows written to %s", len(board), args.out_dir)
 
 
@@ -135,7 +145,8 @@ def cmd_publish(args) -> None:
 
     source, target = Path(args.results), Path(args.target)
     patterns = ["leaderboard.md", "leaderboard.csv", "leaderboard.tex", "pareto_*.png", "curves_*.png",
-                "gaps.md", "gaps.csv", "gaps.tex", "gaps_*.png", "ENVIRONMENT.md", "index.html"]
+                "gaps.md", "gaps.csv", "gaps.tex", "gaps_*.png", "costs.md", "costs.csv", "ENVIRONMENT.md",
+                "index.html", "plotly.min.js"]
     files = [f for pattern in patterns for f in sorted(source.glob(pattern))]
     if not any(f.name == "leaderboard.md" for f in files):
         raise AmortbenchError(f"{source} holds no leaderboard.md: run the pipeline first")
@@ -143,6 +154,7 @@ def cmd_publish(args) -> None:
     for f in files:
         shutil.copy2(f, target / f.name)
     minutes = args.seconds / 60 if args.seconds else None
+    costs = (source / "costs.md").read_text().split("\n", 2)[-1] if (source / "costs.md").exists() else ""
     lines = ["# How this reference was made", "",
              f"- config: `{args.config}`",
              f"- command: `{args.command}`" if args.command else "",
@@ -151,8 +163,10 @@ def cmd_publish(args) -> None:
              f"- hardware: {provenance.cpu_name()}",
              f"- git commit: {provenance.git_commit()}",
              f"- finished: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}", "",
-             "Per-run versions and devices: ENVIRONMENT.md. Everything here is regenerated by `make reproduce`."]
-    write_text(target / "RUN.md", "\n".join(line for line in lines if line is not None) + "\n")
+             "Per-run versions and devices: ENVIRONMENT.md. Everything here is regenerated by `make reproduce`.", ""]
+    if costs:
+        lines += ["## Cost per stage", "", costs.strip(), ""]
+    write_text(target / "RUN.md", "\n".join(lines) + "\n")
     print(f"published {len(files)} files to {target}")
 
 
@@ -175,62 +189,95 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def stage(name: str, func, help_text: str, *files: str) -> argparse.ArgumentParser:
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_text)
-        s.add_argument("--cell", required=True, help="the cell's resolved config (cell.json)")
-        s.add_argument("--data", required=True, help="prepared data file")
-        for f in files:
-            s.add_argument(f"--{f}", required=True)
-        s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
-                       help="overrides the cell's device")
-        s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+        s.add_argument("--cost", default=None, help="write the job's own timers here (JSON)")
         s.set_defaults(func=func)
         return s
 
-    s = sub.add_parser("prepare", help="fetch, verify and split a dataset")
+    def stage(name: str, func, help_text: str, *files: str) -> argparse.ArgumentParser:
+        s = add(name, func, help_text)
+        s.add_argument("--cell", required=True, help="the cell's resolved config for this stage (cell/<stage>.json)")
+        s.add_argument("--data", required=True, help="prepared data file")
+        for f in files:
+            s.add_argument(f"--{f}", required=True)
+        s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="overrides the cell's device")
+        s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+        return s
+
+    s = add("prepare", cmd_prepare, "fetch, verify and split a dataset")
     s.add_argument("dataset", help="a registered dataset")
     s.add_argument("--options", default="{}", help="the dataset's data: options as JSON")
     s.add_argument("--data-dir", default="data")
     s.add_argument("--out", required=True)
-    s.set_defaults(func=cmd_prepare)
 
     s = stage("train", cmd_train, "train one cell", "model", "history", "state-dir")
     s.add_argument("--no-progress", action="store_true")
-    stage("evaluate", cmd_evaluate, "evaluate one trained cell", "model", "out")
-    stage("figures", cmd_figures, "reconstructions and samples of one trained cell", "model",
-          "reconstructions", "samples")
+    stage("evaluate", cmd_evaluate, "evaluate one trained cell (metrics, per-point estimates, figures)", "model",
+          "out", "points", "reconstructions", "samples")
     stage("gaps", cmd_gaps, "inference-gap decomposition of one trained cell", "model", "out")
 
-    s = sub.add_parser("report", help="merge metrics into leaderboards and Pareto plots")
-    s.add_argument("metrics", nargs="*", help="metrics.json files")
-    s.add_argument("--out-dir", default="results")
-    s.add_argument("--expected", default=None, help="the expected cells (expected.json)")
-    s.add_argument("--gaps", nargs="*", default=[], help="gaps.json files for the gaps tables")
-    s.set_defaults(func=cmd_report)
+    s = add("timing", cmd_timing, "time every trained cell of a dataset, interleaved (run it alone)")
+    s.add_argument("--cells", nargs="+", required=True, help="the cells' cell/timing.json files")
+    s.add_argument("--models", nargs="+", required=True, help="their model.pt files, in the same order")
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    s.add_argument("--threads", type=int, default=None)
 
-    s = sub.add_parser("publish", help="copy a run's reports into a reference folder (make reproduce)")
+    s = add("report", cmd_report, "check results against the config; leaderboards, plots, index.html")
+    s.add_argument("--manifest", required=True, help="results/expected.json: the cells and their result files")
+    s.add_argument("--out-dir", default="results")
+
+    s = add("publish", cmd_publish, "copy a run's reports into a reference folder (make reproduce)")
     s.add_argument("results", help="the run's results/ directory")
     s.add_argument("target", help="e.g. results/reference/fashion_cpu")
     s.add_argument("--config", required=True)
     s.add_argument("--seconds", type=float, default=None, help="wall time of the run")
     s.add_argument("--cores", type=int, default=None)
     s.add_argument("--command", default=None)
-    s.set_defaults(func=cmd_publish)
 
-    s = sub.add_parser("validate", help="check a config file")
+    s = add("validate", cmd_validate, "check a config file")
     s.add_argument("configfile")
-    s.set_defaults(func=cmd_validate)
 
-    s = sub.add_parser("schema", help="print the JSON schema of a suite config")
-    s.set_defaults(func=cmd_schema)
+    add("schema", cmd_schema, "print the JSON schema of a suite config")
     return p
+
+
+def write_cost(path: str, rule: str, work_started: float) -> None:
+    """The job's own timers: start-up (process creation to the stage's first line of work: Python and the
+    CLI's imports) and work (the stage itself, its imports included), CPU seconds and peak memory."""
+    from .io import write_json
+
+    finished = time.time()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    write_json(path, {"rule": rule, "started": STARTED, "work_started": work_started, "finished": finished,
+                      "startup_s": work_started - STARTED, "work_s": finished - work_started,
+                      "cpu_s": usage.ru_utime + usage.ru_stime, "max_rss_mb": usage.ru_maxrss / 1024.0})
+
+
+def process_age() -> float:
+    """Seconds since this process was created (Linux: /proc, exact to a clock tick; else 0)."""
+    try:
+        with open("/proc/self/stat") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     args = parser().parse_args(argv)
     try:
+        if args.command in STAGE_MODULES:
+            importlib.import_module(STAGE_MODULES[args.command])
+        work_started = time.time()
         args.func(args)
+        if args.cost:
+            write_cost(args.cost, args.command, work_started)
     except AmortbenchError as exc:
         print(f"amortbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -238,4 +285,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    STARTED = time.time() - process_age()  # the job's start-up counts from the process's creation
+    status = main()
+    # Skip the interpreter's teardown (unloading torch costs ~0.4 s a job): every output is already
+    # written atomically and closed; flush what is buffered, then leave.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -11,28 +11,33 @@ Metrics (nats per datapoint, means over test points):
 * ``test_bits_per_dim``  discretized images: test_nll / (D ln 2)
 * ``exact_nll``  -log p_theta(x) in closed form where the model family has it (linear_gaussian)
 * ``true_nll``   NLL under the data-generating model where the dataset knows it
-* ``infer_ms_per_example``  wall time of ``posterior(x).sample(1)`` (all test-time work plus one draw)
-  per example, batch of ``timing_batch_size``, median of ``timing_repeats`` after ``timing_warmup``
-  runs, CUDA-synchronized on a GPU.
+
+Per test point (``points.parquet`` beside metrics.json, for paired comparisons between methods scored on
+the same points): ``point`` (the index in the test split), ``log_px`` and ``elbo``, float64.
+The job also draws the cell's reconstructions and samples (benchmarks/figures.py). Inference time is not
+measured here: jobs run side by side, so it is measured by the timing stage (benchmarks/timing.py).
 """
 from __future__ import annotations
 
+import hashlib
 import math
-import statistics
-import time
 from pathlib import Path
 from typing import Optional
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from pydantic import Field
 
 from . import provenance
 from .datasets import DataSplits
 from .estimators import chunk_size, importance_sample
+from .figures import draw
+from .io import atomic_path
 from .options import Options
-from .runtime import build_trained, seed_everything
+from .runtime import build_trained, model_checksum, seed_everything
 
-EVAL_VERSION = 2
+EVAL_VERSION = 3
 
 
 class EvalConfig(Options):
@@ -41,35 +46,10 @@ class EvalConfig(Options):
     max_chunk_elements: int = Field(1 << 20, ge=1)  # ~4 MB of decoder output per chunk: stays in cache
     max_test_points: Optional[int] = Field(None, ge=1)
     active_unit_threshold: float = Field(0.01, ge=0)
-    timing_batch_size: int = Field(100, ge=1)
-    timing_warmup: int = Field(2, ge=0)
-    timing_repeats: int = Field(10, ge=1)
 
 
-def time_inference(method, x: torch.Tensor, warmup: int, repeats: int) -> list[float]:
-    """Seconds per call of posterior(x).sample(1), each of `repeats` runs after `warmup` runs."""
-    cuda = x.device.type == "cuda"
-
-    def once() -> float:
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            method.posterior(x).sample(1)
-            end.record()
-            torch.cuda.synchronize()
-            return start.elapsed_time(end) / 1000.0
-        t0 = time.perf_counter()
-        method.posterior(x).sample(1)
-        return time.perf_counter() - t0
-
-    with torch.no_grad():
-        for _ in range(warmup):
-            once()
-        return [once() for _ in range(repeats)]
-
-
-def evaluate(method, data: DataSplits, cfg: EvalConfig, device: torch.device) -> dict:
-    """Test metrics of a trained method (see module docstring)."""
+def evaluate(method, data: DataSplits, cfg: EvalConfig, device: torch.device) -> tuple[dict, dict]:
+    """Test metrics of a trained method and its per-point estimates (see module docstring)."""
     model = method.model
     method.eval()
     log_px, elbos, log_liks, kls, ess, means, exact = [], [], [], [], [], [], []
@@ -95,9 +75,6 @@ def evaluate(method, data: DataSplits, cfg: EvalConfig, device: torch.device) ->
     n = log_px_all.numel()
     mean_z = torch.cat(means)
     active = int((mean_z.var(0, unbiased=True) > cfg.active_unit_threshold).sum()) if n > 1 else 0
-
-    timing_x = next(data.batches("test", cfg.timing_batch_size, device=device))
-    seconds = time_inference(method, timing_x, cfg.timing_warmup, cfg.timing_repeats)
     n_model = sum(p.numel() for p in model.parameters())
     n_inference = sum(p.numel() for p in method.inference_parameters())
     metrics = {
@@ -109,12 +86,10 @@ def evaluate(method, data: DataSplits, cfg: EvalConfig, device: torch.device) ->
         "ess_fraction": float(torch.cat(ess).mean() / cfg.is_samples),
         "active_units": active,
         "latent_dim": model.latent_dim,
-        "infer_ms_per_example": 1000.0 * statistics.median(seconds) / timing_x.shape[0],
         "params_inference": n_inference,
         "params_model": n_model,
         "n_test": n,
         "is_samples": cfg.is_samples,
-        "timing_batch_size": int(timing_x.shape[0]),
     }
     if exact:
         metrics["exact_nll"] = float(-torch.cat(exact).mean())
@@ -125,32 +100,55 @@ def evaluate(method, data: DataSplits, cfg: EvalConfig, device: torch.device) ->
         metrics["test_bits_per_dim"] = metrics["test_nll"] / (data.x_dim * math.log(2.0))
     if "true_nll" in data.meta and cfg.max_test_points is None:
         metrics["true_nll"] = float(data.meta["true_nll"])
-    return metrics
+    points = {"point": torch.arange(n), "log_px": log_px_all.cpu(), "elbo": torch.cat(elbos).cpu()}
+    return metrics, points
 
 
-def run_evaluation(cell: dict, model_file: Path, data: DataSplits, device: torch.device) -> dict:
-    """Evaluate a trained cell with its `eval:` options; returns the metrics.json payload."""
+def test_fingerprint(data: DataSplits, n: int) -> str:
+    """sha256 of the first n test points as stored: paired statistics only pair cells with equal ones."""
+    return hashlib.sha256(data.split("test")[:n].contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def write_points(path: Path, points: dict, metadata: dict) -> None:
+    """The per-test-point estimates as a small parquet file (atomically), `metadata` (the cell's identity
+    and eval hash) in its schema so that the file says what it belongs to."""
+    table = pa.table({k: v.numpy() for k, v in points.items()})
+    table = table.replace_schema_metadata({k: str(v) for k, v in metadata.items()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def run_evaluation(cell: dict, model_file: Path, data: DataSplits, device: torch.device,
+                   points_file: Path, reconstructions: Path, samples: Path) -> dict:
+    """Evaluate a trained cell with its `eval:` options; write its per-point estimates and figures and
+    return the metrics.json payload."""
     cfg = EvalConfig.parse(cell["eval"], "eval")
     method, saved = build_trained(cell, data, device, model_file)
     seed_everything(cell["seed"] + 1, cell["deterministic"])
-    metrics = evaluate(method, data, cfg, device)
+    metrics, points = evaluate(method, data, cfg, device)
+    write_points(points_file, points, {"dataset": cell["dataset"], "method": cell["method"], "seed": cell["seed"],
+                                       "eval_hash": cell["hashes"]["eval"]})
+    draw(method, data, reconstructions, samples)
     meta = saved.meta
-    metrics.update(
-        train_seconds=meta["train_seconds"],
-        best_epoch=meta["best_epoch"],
-        epochs_run=meta["epochs_run"],
-        best_valid_elbo=meta["best_valid_elbo"],
-    )
+    training = {k: meta.get(k) for k in ("train_seconds", "best_epoch", "epochs_run", "epochs_planned",
+                                         "decoder_updates", "stopped_by", "resumed_with", "best_valid_elbo")}
+    metrics.update(train_seconds=meta["train_seconds"], best_epoch=meta["best_epoch"],
+                   epochs_run=meta["epochs_run"], best_valid_elbo=meta["best_valid_elbo"],
+                   decoder_updates=meta.get("decoder_updates", 0))
     return {
         "dataset": cell["dataset"],
         "method": cell["method"],
         "seed": cell["seed"],
         "metrics": metrics,
+        "training": training,
         "notes": method.description(),
         "eval_config": cfg.to_dict(),
         "eval_version": EVAL_VERSION,
         "history": meta["history"],
         "hashes": cell["hashes"],
+        "model_sha256": model_checksum(model_file),
+        "test_points": {"n": metrics["n_test"], "fingerprint": test_fingerprint(data, metrics["n_test"])},
+        "determinism": meta.get("determinism"),
         "provenance": provenance.record(device, cell["seed"], cell["hashes"]["train"]),
         "cell": cell,
     }

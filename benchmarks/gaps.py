@@ -32,6 +32,8 @@ import torch
 from pydantic import Field
 
 from . import provenance
+from methods.base import FFG_FAMILY
+
 from .ais import AISConfig, ais_log_px
 from .estimators import chunk_size, importance_sample
 from .localopt import FamilyNotOptimizable, LocalOptimConfig, family_importance_sample, optimize_family, optimize_ffg
@@ -54,6 +56,8 @@ class GapConfig(Options):
     eval_samples: int = Field(5000, ge=1)  # L[q*] and IWAE with q*_FFG as proposal
     local: LocalOptimConfig = LocalOptimConfig()
     ais: Optional[AISConfig] = AISConfig()  # None: log p(x) from IWAE only
+    #: which points of each split: a seeded random subset (``seed``), or the first ones as stored
+    subset: Literal["random", "first"] = "random"
     family: bool = False  # also q*_family: the method's own family optimized per datapoint
     family_vectorize: Literal["auto", "vmap", "loop"] = "auto"
     family_batch_size: int = Field(10, ge=1)
@@ -69,6 +73,8 @@ class GapResult:
     per_point: dict[str, torch.Tensor]
     config: GapConfig
     log_px_source: str  # which candidate estimator gave log_px (the largest mean over the points)
+    families: Optional[dict] = None  # {"ffg": name, "family": name of the method's own family}
+    amortized: bool = True  # False (svi): no encoder, so L[q*] - L[q] is an optimization gap
 
     @property
     def n_points(self) -> int:
@@ -86,10 +92,15 @@ class GapResult:
     def to_dict(self, per_point: bool = False) -> dict:
         """A JSON-ready dict (all floats): n_points, q_star (which family the headline gaps use),
         metrics (mean and sem of every per-point quantity), config, and optionally the per-point lists."""
+        stopped = {f"stopped_by_rule_{k}": float(self.per_point[f"local_stopped_{k}"].mean())
+                   for k in ("ffg", "family") if f"local_stopped_{k}" in self.per_point}
         payload = {
             "n_points": self.n_points,
             "q_star": "family" if "elbo_qstar_family" in self.per_point else "ffg",
+            "families": self.families or {"ffg": FFG_FAMILY},
+            "amortized": self.amortized,
             "log_px_source": self.log_px_source,
+            "diagnostics": stopped,
             "metrics": self.summary(),
             "config": self.config.to_dict(),
         }
@@ -133,19 +144,21 @@ def _batch_gaps(method, x: torch.Tensor, cfg: GapConfig) -> dict[str, torch.Tens
         exact = model.exact_log_marginal(x)
     if exact is not None:
         out["exact_log_px"] = exact.double()
-    if cfg.family:
-        family_elbo, family_steps = [], []
+    if cfg.family and method.variational_family() != FFG_FAMILY:
+        family_elbo, family_steps, family_stopped = [], [], []
         try:
             for xb in x.split(cfg.family_batch_size):
                 fam = optimize_family(method, xb, cfg.local, cfg.family_vectorize)
                 chunk_f = chunk_size(cfg.eval_samples, 1, elements, cfg.max_chunk_elements)
                 family_elbo.append(family_importance_sample(method, fam.params, xb, cfg.eval_samples, chunk_f).elbo)
                 family_steps.append(fam.steps.double())
+                family_stopped.append(fam.stopped.double())
         except FamilyNotOptimizable as exc:
             warnings.warn(f"no q*_family: {exc}; only the FFG decomposition is reported")
         else:
             out["elbo_qstar_family"] = torch.cat(family_elbo)
             out["local_steps_family"] = torch.cat(family_steps)
+            out["local_stopped_family"] = torch.cat(family_stopped)
     return {k: v.detach().double().cpu() for k, v in out.items()}
 
 
@@ -181,27 +194,40 @@ def inference_gaps(method, x: torch.Tensor | list[torch.Tensor], config: GapConf
             per_batch.append(_batch_gaps(method, xb, cfg))
     per_point = {k: torch.cat([b[k] for b in per_batch]) for k in per_batch[0]}
     source = _decompose(per_point)
-    return GapResult(per_point, cfg, source)
+    families = {"ffg": FFG_FAMILY, "family": method.variational_family()}
+    return GapResult(per_point, cfg, source, families, method.amortized)
 
 
-def split_points(data, split: str, n_points: int | None, batch_size: int, device, seed: int = 0) -> list:
-    """The first `n_points` points of a split as model-ready minibatches (dynamic binarization of the
-    train split drawn with a fixed seed, so the points are the same on every run)."""
+def subset_indices(n_available: int, n_points: int | None, subset: str, seed: int) -> torch.Tensor:
+    """Which points of a split to decompose: all, the first n, or a seeded random n (sorted)."""
+    if n_points is None or n_points >= n_available:
+        return torch.arange(n_available)
+    if subset == "first":
+        return torch.arange(n_points)
     generator = torch.Generator().manual_seed(seed)
-    return list(data.batches(split, batch_size, generator=generator, device=device, limit=n_points))
+    return torch.randperm(n_available, generator=generator)[:n_points].sort().values
+
+
+def split_points(data, split: str, indices: torch.Tensor, batch_size: int, device, seed: int = 0) -> list:
+    """The points at `indices` of a split as model-ready minibatches (dynamic binarization of the train
+    split drawn with a fixed seed, so the points are the same on every run)."""
+    generator = torch.Generator().manual_seed(seed)
+    return list(data.batches(split, batch_size, generator=generator, device=device, indices=indices))
 
 
 def run_gaps(cell: dict, model_file: Path, data, device, per_point: bool = False) -> dict:
-    """The gaps.json payload of one trained cell: for each split of ``gaps.points`` (default: the first
-    1000 train points and all test points, the reference protocol) the ``GapResult.to_dict`` of
-    ``inference_gaps``."""
+    """The gaps.json payload of one trained cell: for each split of ``gaps.points`` (default: 1000 train
+    points and all test points, the reference protocol; a seeded random subset where fewer are asked
+    for) the ``GapResult.to_dict`` of ``inference_gaps`` and the indices of the points."""
     config = GapConfig.parse(cell["gaps"], "gaps")
     device = torch.device(device)
     method, _ = build_trained(cell, data, device, model_file)
     results = {}
     for split, n_points in config.points.items():
-        points = split_points(data, split, n_points, config.batch_size, device, config.seed)
+        indices = subset_indices(data.split(split).shape[0], n_points, config.subset, config.seed)
+        points = split_points(data, split, indices, config.batch_size, device, config.seed)
         results[split] = inference_gaps(method, points, config).to_dict(per_point)
+        results[split]["indices"] = indices.tolist()
     return {
         "dataset": cell["dataset"],
         "method": cell["method"],

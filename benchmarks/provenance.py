@@ -56,7 +56,8 @@ def cpu_name() -> str:
 def device_name(device) -> str:
     if str(device).startswith("cuda"):
         return torch.cuda.get_device_name(device)
-    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{cpu_name()} ({threads} thread{'s' if threads != 1 else ''})"
 
 
 def record(device, seed: int, train_hash: str) -> dict:

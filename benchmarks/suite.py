@@ -7,11 +7,15 @@ merged with the dataset entry's and the method's (later wins):
     eval   = eval  <- datasets[d].eval           (gaps likewise)
     method = method_config[m] <- datasets[d].method_config[m]     (the `train` key removed)
 
+    timing, report, resume = the global section <- the dataset entry's (one per dataset: no method overrides)
+
 Every section is checked by its own ``Options`` class at every level it appears, so an error names the
 level and the key. A resolved cell has every option filled in (defaults included) and the hashes that
-name its results: ``train`` (what determines the trained model), ``eval`` and ``gaps`` (the train hash
-plus that stage's options). A changed default therefore changes the hash, and nothing trained under the
-old default is reused.
+name its results: ``train`` (what determines the trained model), ``eval``, ``gaps`` and ``timing`` (the
+train hash plus that stage's options). A changed default therefore changes the hash, and nothing trained
+under the old default is reused. ``resume`` (overrides applied only when a checkpoint is resumed) is not
+hashed. The dataset's budget policy is its train section before method overrides: a cell whose budget
+differs is marked in every leaderboard.
 """
 from __future__ import annotations
 
@@ -27,11 +31,14 @@ from .errors import ConfigError
 from .evaluate import EvalConfig
 from .gaps import GapConfig
 from .options import Options, config_hash, deep_merge
-from .train import TRAINING_KEYS, TrainConfig
+from .report import ReportConfig
+from .timing import TimingConfig
+from .train import TRAINING_KEYS, ResumeOverride, TrainConfig
 
-RULES = ("prepare_data", "train", "evaluate", "figures", "gaps", "report")
-#: stages with an options section of their own in a cell (the train stage reads only the training part)
-STAGES = ("train", "eval", "gaps")
+RULES = ("prepare_data", "train", "evaluate", "timing", "gaps", "report")
+#: what each stage reads of a cell besides the training part (its view: cell/<stage>.json)
+STAGE_SECTIONS = {"train": ("resume",), "eval": ("eval",), "gaps": ("gaps",), "timing": ("timing",)}
+STAGES = tuple(STAGE_SECTIONS)
 
 
 class Exclusion(Options):
@@ -49,6 +56,9 @@ class DatasetEntry(Options):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     gaps: GapConfig = GapConfig()
+    timing: TimingConfig = TimingConfig()
+    report: ReportConfig = ReportConfig()
+    resume: ResumeOverride = ResumeOverride()
     method_config: dict[str, Optional[dict[str, Any]]] = {}
 
 
@@ -64,6 +74,9 @@ class SuiteConfig(Options):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     gaps: GapConfig = GapConfig()
+    timing: TimingConfig = TimingConfig()
+    report: ReportConfig = ReportConfig()
+    resume: ResumeOverride = ResumeOverride()  # applied only when a checkpoint is resumed; not hashed
     method_config: dict[str, Optional[dict[str, Any]]] = {}
     resources: dict[str, dict[str, int | float | str]] = {}
     exclude: list[Exclusion] = []
@@ -177,6 +190,7 @@ def resolve_cell(config: dict, dataset: str, method: str, seed: int, suite: Suit
     method_cls = method_class(method)
     method_cls.Config.parse(method_global, where_global)
     method_cls.Config.parse(method_local, where_local)
+    policy = TrainConfig.parse(_section(config, dataset, "train", TrainConfig), f"train (dataset {dataset})")
     cell = {
         "dataset": dataset,
         "dataset_kind": kind,
@@ -189,27 +203,38 @@ def resolve_cell(config: dict, dataset: str, method: str, seed: int, suite: Suit
                                         f"datasets.{dataset}.model"),
         "method_config": method_cls.Config.parse(deep_merge(method_global, method_local), where_local).to_dict(),
         "train": TrainConfig.parse(train, f"train (cell {dataset}/{method})").to_dict(),
-        "eval": EvalConfig.parse(_section(config, dataset, "eval", EvalConfig), f"eval (cell {dataset})").to_dict(),
-        "gaps": GapConfig.parse(_section(config, dataset, "gaps", GapConfig), f"gaps (cell {dataset})").to_dict(),
+        "eval": _resolved(config, dataset, "eval", EvalConfig),
+        "gaps": _resolved(config, dataset, "gaps", GapConfig),
+        "timing": _resolved(config, dataset, "timing", TimingConfig),
+        "report": _resolved(config, dataset, "report", ReportConfig),
+        "resume": _resolved(config, dataset, "resume", ResumeOverride),
+        "budget_policy": {"epochs": policy.epochs, **policy.budget.to_dict()},
     }
     train_hash = config_hash({k: cell[k] for k in TRAINING_KEYS})
     cell["hashes"] = {
         "data": config_hash({"dataset": kind, "options": cell["data"]}),
         "train": train_hash,
-        "eval": config_hash({"train": train_hash, "eval": cell["eval"]}),
-        "gaps": config_hash({"train": train_hash, "gaps": cell["gaps"]}),
+        **{stage: config_hash({"train": train_hash, stage: cell[stage]}) for stage in ("eval", "gaps", "timing")},
     }
     return cell
 
 
-def data_provenance(cell: dict) -> dict:
-    """What the prepared data of a cell must have been made from (``Dataset.provenance``)."""
-    return dataset_class(cell["dataset_kind"]).parse(cell["data"], "data").provenance()
+def _resolved(config: dict, dataset: str, name: str, cls: type[Options]) -> dict:
+    return cls.parse(_section(config, dataset, name, cls), f"{name} (dataset {dataset})").to_dict()
 
 
 def stage_view(cell: dict, stage: str) -> dict:
-    """The cell as `stage` reads it: the training part plus that stage's section and hashes only."""
-    others = [s for s in STAGES if s != stage and s != "train"]
-    view = {k: v for k, v in cell.items() if k not in others and k != "hashes"}
+    """The cell as `stage` reads it: the training part plus that stage's sections and hashes only, so a
+    changed option rewrites (and reruns) only the stages that depend on it."""
+    view = {k: cell[k] for k in (*TRAINING_KEYS, *STAGE_SECTIONS[stage])}
     view["hashes"] = {k: v for k, v in cell["hashes"].items() if k in ("data", "train", stage)}
     return view
+
+
+def expected_cells(config: dict, resolved: dict) -> list[dict]:
+    """What the report checks results against: each cell's identity, hashes, budget and report options."""
+    keys = ("dataset", "dataset_kind", "method", "seed", "hashes", "budget_policy", "report")
+    return [{**{k: cell[k] for k in keys},
+             "budget": {"epochs": cell["train"]["epochs"], **cell["train"]["budget"]},
+             "gaps_enabled": cell["gaps"]["enabled"]}
+            for cell in (resolved[c] for c in cells(config))]

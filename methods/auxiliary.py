@@ -136,5 +136,9 @@ class Auxiliary(InferenceMethod):
         mu, logvar = self.reverse_head(features, z)
         return gaussian_log_prob(a, mu, logvar)
 
+    def variational_family(self) -> str:
+        reverse = "learned r(a|x,z)" if self.reverse_head is not None else "fixed p(a)"
+        return f"auxiliary variables ({reverse})"
+
     def posterior(self, x: torch.Tensor) -> AuxiliaryPosterior:
         return AuxiliaryPosterior(self, self.body(x))

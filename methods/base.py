@@ -31,6 +31,7 @@ from benchmarks.registry import Registry
 
 LOG_2PI = math.log(2.0 * math.pi)
 METHODS = Registry("method", "methods")
+FFG_FAMILY = "diagonal Gaussian"  # the fully factorized Gaussian family (Cremer et al.'s FFG)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,8 @@ class InferenceMethod(nn.Module, abc.ABC):
     #: True when loss() returns a surrogate whose gradient is deliberately not the gradient of its value
     #: (e.g. per-part gradients with stop-gradients); the generic finite-difference check then does not apply
     surrogate_loss: ClassVar[bool] = False
+    #: False for methods without an encoder (svi): L[q*] - L[q] is then an optimization gap
+    amortized: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -154,6 +157,10 @@ class InferenceMethod(nn.Module, abc.ABC):
         """Parameters of the inference side (everything but the generative model)."""
         model_ids = {id(p) for p in self.model.parameters()}
         return [p for p in self.parameters() if id(p) not in model_ids]
+
+    def variational_family(self) -> str:
+        """The family q belongs to, named in every gap table (q*_family is its best member per point)."""
+        return FFG_FAMILY
 
     def description(self) -> str:
         """A short note for the leaderboard: the options that define this run of the method."""

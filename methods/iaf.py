@@ -153,6 +153,9 @@ class IAF(InferenceMethod):
             for t in range(config.steps)
         )
 
+    def variational_family(self) -> str:
+        return f"IAF ({self.config.steps} gated MADE steps)" if self.config.steps else "diagonal Gaussian"
+
     def posterior(self, x: torch.Tensor) -> IAFPosterior:
         dim = self.model.latent_dim
         out = self.head(self.body(x))

@@ -25,8 +25,11 @@ w = ``diversity_weight`` (default 1, the functional gradient). Q_ref (``kl_refer
   for w > sigma^2 the objective is unbounded and q_m runs off into the tails (on the linear-Gaussian
   test model its own ELBO fell to about -9e4 within one stage); a labelled variant.
 
-Schedule (``schedule: recursive``; driven by the trainer's hooks, epochs from this config, not
-train.epochs; defaults 3 x 6 + 10 = 28 epochs, sized for the quick suite):
+Schedule (``schedule: recursive``; driven by the trainer's hooks). The epochs come from the training
+budget: of train.epochs = E, the refinement gets round(``refine_fraction`` E) and each of the M growth
+stages floor((E - refine) / M), the remainder going to the refinement, so RecMix trains exactly as many
+epochs as every other method (E = 30, M = 3: 3 x 6 + 12). Setting ``stage_epochs`` and
+``refine_epochs`` explicitly overrides this (the leaderboard then marks the row as off-budget):
 * stage 1 (``stage_epochs``): q_1 and the decoder on ELBO(q_1), a plain VAE;
 * stage m = 2..M (``stage_epochs`` each): q_m on J(q_m); q_1..q_{m-1} and pi frozen (requires_grad off,
   so Adam skips them exactly). The weight of q_m is set on the first minibatch of the next stage:
@@ -75,8 +78,9 @@ log = logging.getLogger("amortbench.methods.recmix")
 class RecMixConfig(Options):
     components: int = Field(3, ge=1)  # M, the mixture order (paper: 2-5)
     schedule: Literal["recursive", "joint"] = "recursive"
-    stage_epochs: int = Field(6, ge=1)  # epochs per growth stage (M stages)
-    refine_epochs: int = Field(10, ge=0)  # joint refinement after the last stage
+    stage_epochs: Optional[int] = Field(None, ge=1)  # epochs per growth stage (None: from the budget)
+    refine_epochs: Optional[int] = Field(None, ge=0)  # joint refinement (None: from the budget)
+    refine_fraction: float = Field(0.35, gt=0, lt=1)  # share of the budget's epochs for the refinement
     diversity_weight: float = 1.0  # w in ELBO(q') + w KL(q' || Q_ref)
     kl_reference: Literal["mixture", "previous"] = "mixture"
     weight_rule: Literal["line_search", "fixed"] = "line_search"
@@ -312,6 +316,7 @@ class RecMix(InferenceMethod):
         self.stage = m + 1 if joint else 1
         # how many components have their weight set (the rest are pending / tentative)
         self.weights_set = m if joint else 0
+        self._schedule = self.schedule_for(30)  # set from the budget by train_epochs()
         object.__setattr__(self, "_joint_density", _JointDensity(model))
 
     # the schedule's position travels with the state dict (checkpoints, the selected model)
@@ -326,13 +331,25 @@ class RecMix(InferenceMethod):
     def refine_stage(self) -> int:
         return self.config.components + 1
 
+    def schedule_for(self, configured: int) -> tuple[int, int]:
+        """(epochs per growth stage, refinement epochs) for a budget of `configured` epochs."""
+        c = self.config
+        if c.stage_epochs is not None and c.refine_epochs is not None:
+            return c.stage_epochs, c.refine_epochs
+        if c.stage_epochs is not None:
+            return c.stage_epochs, max(0, configured - c.components * c.stage_epochs)
+        refine = c.refine_epochs if c.refine_epochs is not None else round(c.refine_fraction * configured)
+        stage = max(1, (configured - refine) // c.components)
+        return stage, max(0, configured - c.components * stage)
+
     def train_epochs(self, configured: int) -> int:
-        return self.config.components * self.config.stage_epochs + self.config.refine_epochs
+        self._schedule = self.schedule_for(configured)
+        return self.config.components * self._schedule[0] + self._schedule[1]
 
     def stage_of(self, epoch: int) -> int:
         if self.config.schedule == "joint":
             return self.refine_stage
-        return min(epoch // self.config.stage_epochs + 1, self.refine_stage)
+        return min(epoch // self._schedule[0] + 1, self.refine_stage)
 
     def on_epoch_start(self, epoch: int) -> None:
         self.stage = self.stage_of(epoch)
@@ -341,8 +358,9 @@ class RecMix(InferenceMethod):
     def selectable(self, epoch: int) -> bool:
         if self.config.schedule == "joint":
             return True
-        if self.config.refine_epochs == 0:
-            return epoch >= self.train_epochs(0) - 1
+        stage_epochs, refine_epochs = self._schedule
+        if refine_epochs == 0:
+            return epoch >= self.config.components * stage_epochs - 1
         return self.stage_of(epoch) == self.refine_stage
 
     @property
@@ -416,6 +434,10 @@ class RecMix(InferenceMethod):
         """mu, logvar of the first `count` components, (count, B, D)."""
         count = self.active if count is None else count
         return self.bank(x, count, self.config.batched if batched is None else batched)
+
+    def variational_family(self) -> str:
+        return f"mixture of {self.config.components} diagonal Gaussians" if self.config.components > 1 \
+            else "diagonal Gaussian"
 
     def posterior(self, x: torch.Tensor) -> GaussianMixture:
         mu, logvar = self.encode(x)

@@ -38,6 +38,7 @@ class SVI(InferenceMethod):
     test_config = {"steps": 20, "lr": 0.05}
     # the decoder's gradient holds lambda_K constant (as the protocol says), though lambda_K depends on theta
     surrogate_loss = True
+    amortized = False  # no encoder: its L[q*] - L[q] is unconverged per-datapoint optimization
 
     def _start(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         param = next(self.model.parameters())

@@ -290,26 +290,44 @@ def test_gap_result_is_json_ready_deterministic_and_configurable(lg_data):
 
 
 def test_run_gaps_loads_a_trained_cell_and_writes_every_split(lg_data, tmp_path):
-    """What the Snakemake rule calls: cell + model.pt + prepared data -> the gaps.json payload."""
-    from benchmarks.gaps import run_gaps
+    """What the Snakemake rule calls: cell + model.pt + prepared data -> the gaps.json payload, on a seeded
+    random subset of each split, with q* in both families for a method whose own family is richer."""
+    from benchmarks.gaps import run_gaps, subset_indices
     from benchmarks.runtime import save_model
 
     cfg = GapConfig(elbo_samples=50, eval_samples=50, batch_size=3, family=True, family_batch_size=2,
                     local=LocalOptimConfig(lr=0.02, check_every=5, patience=1, max_steps=10),
-                    ais=None, points={"train": 4, "test": 3})
-    cell = {"dataset": "linear_gaussian", "method": "avi", "seed": 0, "model": {}, "method_config": {},
-            "gaps": cfg.to_dict(), "hashes": {"train": "abc"}}
+                    ais=None, points={"train": 4, "test": 3}, seed=5)
+    options = {"made_hidden": [8], "context_dim": 4}
+    cell = {"dataset": "linear_gaussian", "method": "iaf", "seed": 0, "model": {}, "method_config": options,
+            "gaps": cfg.to_dict(), "hashes": {"train": "abc", "gaps": "def"}}
     torch.manual_seed(0)
-    method = build_method("avi", models.build(lg_data, {}))
+    method = build_method("iaf", models.build(lg_data, {}), options)
     save_model(tmp_path / "model.pt", method.state_dict(), {"train_hash": "abc"})
     payload = run_gaps(cell, tmp_path / "model.pt", lg_data, "cpu", per_point=True)
     payload = json.loads(json.dumps(payload))
-    assert payload["method"] == "avi" and set(payload["splits"]) == {"train", "test"}
+    assert payload["method"] == "iaf" and set(payload["splits"]) == {"train", "test"}
     assert payload["splits"]["train"]["n_points"] == 4 and payload["splits"]["test"]["n_points"] == 3
     test = payload["splits"]["test"]
     assert test["q_star"] == "family" and "amortization_gap_family" in test["metrics"]
+    assert test["families"] == {"ffg": "diagonal Gaussian", "family": "IAF (2 gated MADE steps)"}
+    assert test["amortized"] is True and set(test["diagnostics"]) == {"stopped_by_rule_ffg", "stopped_by_rule_family"}
     assert test["log_px_source"] in ("log_px_iwae_q", "log_px_iwae_qstar_ffg")
-    # the test points are the first three of the split, as stored
-    x = lg_data.test[:3].float()
+    # the points are the seeded random subset, and the estimates belong to exactly those points
+    indices = subset_indices(lg_data.test.shape[0], 3, "random", 5)
+    assert test["indices"] == indices.tolist() != [0, 1, 2]
+    x = lg_data.test[indices].float()
     assert torch.allclose(torch.tensor(test["per_point"]["exact_log_px"], dtype=torch.float64),
                           method.model.exact_log_marginal(x).double(), atol=1e-4)
+
+
+def test_gap_points_are_a_seeded_random_subset():
+    """Not the first N points (the first 100 Fashion-MNIST test images are 16 nats easier than the rest)."""
+    from benchmarks.gaps import subset_indices
+
+    a, b, other = (subset_indices(10_000, 300, "random", seed) for seed in (0, 0, 1))
+    assert torch.equal(a, b) and not torch.equal(a, other)
+    assert a.numel() == 300 == a.unique().numel() and torch.all(a[1:] > a[:-1]) and 0 <= int(a[0]) and int(a[-1]) < 10_000
+    assert float(a.float().mean()) > 3000  # spread over the split, not bunched at its start
+    assert torch.equal(subset_indices(10_000, 5, "first", 0), torch.arange(5))
+    assert torch.equal(subset_indices(50, None, "random", 0), torch.arange(50))  # all points: in order

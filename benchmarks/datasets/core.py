@@ -69,18 +69,24 @@ class DataSplits:
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
         limit: int | None = None,
+        indices: torch.Tensor | None = None,
     ) -> Iterator[torch.Tensor]:
-        """Minibatches of a split (the last may be smaller), moved to `device`.
+        """Minibatches of a split (the last may be smaller), moved to `device`: the first `limit` points,
+        or the points at `indices` (in that order).
 
         Sequences: shuffled batches are formed from length-sorted buckets of 20 batches (less padding),
         and each batch is trimmed to its longest sequence.
         """
         data = self.split(split)
         n = data.shape[0] if limit is None else min(limit, data.shape[0])
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        if indices is not None:
+            n, base = len(indices), torch.as_tensor(indices, dtype=torch.long)
+            order = base[torch.randperm(n, generator=generator)] if shuffle else base
+        else:
+            order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         batches = list(order.split(batch_size))
         if self.modality == "sequence" and shuffle:
-            lengths = (data[:n] >= 0).sum(1)
+            lengths = (data >= 0).sum(1)
             bucket = 20 * batch_size
             chunks = [c[torch.argsort(lengths[c], stable=True)] for c in order.split(bucket)]
             batches = list(torch.cat(chunks).split(batch_size))

@@ -1,8 +1,11 @@
-"""The whole Snakemake pipeline on a tiny config in a temporary directory, and a killed training job."""
+"""The whole Snakemake pipeline on a tiny config in a temporary directory: outputs, caching, the comparison
+protocol's columns, timing isolation, the pages in a browser, and a killed training job."""
 from __future__ import annotations
 
+import copy
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import matplotlib.image
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -20,6 +24,7 @@ from benchmarks.io import _umask, write_json
 from benchmarks.provenance import REPO_ROOT
 from benchmarks.runtime import load_model
 from benchmarks.suite import resolve_cell, stage_view
+from tests.browser import browser, driver, hover_point, load, problems, row_methods  # noqa: F401
 
 pytestmark = pytest.mark.integration
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -27,15 +32,17 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TINY = {
     "device": "cpu",
     "seeds": [0],
-    "methods": ["avi"],
+    "methods": ["avi", "iaf"],
     "datasets": {
         "mnist5k": {"model": {"latent_dim": 4, "hidden": [32]}, "train": {"epochs": 2},
                     "eval": {"max_test_points": 100}},
         "linear_gaussian": {"data": {"n_train": 200, "n_valid": 50, "n_test": 50}, "train": {"epochs": 3}},
     },
     "train": {"batch_size": 100, "lr": 1.0e-3},
-    "eval": {"is_samples": 50, "timing_repeats": 3, "timing_warmup": 1},
-    "gaps": {"enabled": True, "points": {"test": 20}, "elbo_samples": 100, "eval_samples": 100,
+    "eval": {"is_samples": 50},
+    "timing": {"rounds": 3, "repeats": 2, "warmup": 1},
+    "method_config": {"iaf": {"made_hidden": [16], "context_dim": 4}},
+    "gaps": {"enabled": True, "points": {"test": 20}, "elbo_samples": 100, "eval_samples": 100, "family": True,
              "local": {"samples": 10, "check_every": 20, "patience": 2, "max_steps": 200, "lr": 0.01},
              "ais": {"intermediate": 20, "chains": 4}},
 }
@@ -64,8 +71,17 @@ def test_pipeline_end_to_end(tiny_run):
     board = pd.read_csv(results / "leaderboard.csv")
     rows = board.set_index(["dataset", "method"])
     for dataset in ("mnist5k", "linear_gaussian"):
-        nll = rows.loc[(dataset, "avi"), "test_nll_mean"]
-        assert 0 < nll < 1000 and rows.loc[(dataset, "avi"), "infer_ms_mean"] > 0
+        for method in ("avi", "iaf"):
+            row = rows.loc[(dataset, method)]
+            assert row["status"] == "ok" and 0 < row["test_nll_mean"] < 1000
+            # the comparison protocol's columns: budget, convergence, paired difference, interleaved timing
+            assert row["epochs"] == TINY["datasets"][dataset]["train"]["epochs"] and not row["budget_deviates"]
+            assert row["decoder_updates"] > 0 and row["train_s"] >= 0 and row["converged"] in (True, False)
+            for batch in ("b1", "bB"):
+                assert 0 < row[f"infer_ms_{batch}_q1"] <= row[f"infer_ms_{batch}_median"] <= row[f"infer_ms_{batch}_q3"]
+        iaf = rows.loc[(dataset, "iaf")]
+        assert iaf["dnll_lo"] <= iaf["dnll_mean"] <= iaf["dnll_hi"] and iaf["dnll_over"] == "points"
+        assert rows.loc[(dataset, "avi"), "dnll_over"] == "reference"
         image = matplotlib.image.imread(results / f"pareto_{dataset}.png")
         assert image.shape[0] > 200 and float(image[..., :3].std()) > 0.01  # a drawn figure, not blank
     # the linear-Gaussian row shows the true NLL beside the estimate; the IS estimate is close to exact
@@ -73,34 +89,83 @@ def test_pipeline_end_to_end(tiny_run):
     lg = rows.loc[("linear_gaussian", "avi")]
     assert abs(lg["test_nll_mean"] - lg["exact_nll_mean"]) < 0.5
     markdown = (results / "leaderboard.md").read_text()
-    assert "## mnist5k" in markdown and "avi" in markdown and "S = 50" in markdown
-    assert (results / "leaderboard.tex").read_text().count("\\begin{tabular}") == 2
+    assert "## mnist5k" in markdown and "S = 50" in markdown and "Budget policy: 2 epochs per method" in markdown
+    assert "Δ NLL vs avi" in markdown and "(reference)" in markdown
+    tex = (results / "leaderboard.tex").read_text()
+    assert tex.count("\\begin{tabular}") == 2 and "Budget policy" in tex
     assert pd.read_parquet(results / "leaderboard.parquet").shape[0] == len(board)
     long = pd.read_parquet(results / "metrics_long.parquet")
     assert {"git_commit", "device_name", "config_hash", "date"} <= set(long.columns)
-    metrics = json.loads((results / "mnist5k/avi/seed0/metrics.json").read_text())
+    run = results / "mnist5k/avi/seed0"
+    metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["provenance"]["versions"]["torch"] == torch.__version__.split("+")[0] or \
         metrics["provenance"]["versions"]["torch"].startswith(torch.__version__.split("+")[0])
-    assert (results / "mnist5k/avi/seed0/train.benchmark.tsv").exists()
+    points = pq.read_table(run / "points.parquet")
+    assert points.num_rows == 100 and points.schema.metadata[b"eval_hash"].decode() == metrics["hashes"]["eval"]
+    assert abs(float(points.column("log_px").to_numpy().mean()) + metrics["metrics"]["test_nll"]) < 1e-9
+    assert (run / "train.benchmark.tsv").exists() and (run / "train.cost.json").exists()
     for figure in ("reconstructions.png", "samples.png"):
-        image = matplotlib.image.imread(results / "mnist5k/avi/seed0" / figure)
-        assert float(image[..., :3].std()) > 0.01
+        assert float(matplotlib.image.imread(run / figure)[..., :3].std()) > 0.01
     assert oct((results / "leaderboard.md").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
-    # the inference-gap decomposition ran per cell and is tabulated per dataset
-    gaps = pd.read_csv(results / "gaps.csv").set_index(["dataset", "method", "split"])
-    row = gaps.loc[("linear_gaussian", "avi", "test")]
-    assert row["points"] == 20 and row["inference gap mean"] > 0
+    # the inference-gap decomposition ran per cell, with q* in both families for iaf
+    gaps = pd.read_csv(results / "gaps.csv").set_index(["dataset", "method", "split", "own_family"])
+    row = gaps.loc[("linear_gaussian", "avi", "test", False)]
+    assert row["points"] == 20 and row["q_star_family"] == "diagonal Gaussian (= own family)"
     assert abs(row["approximation gap mean"] + row["amortization gap mean"] - row["inference gap mean"]) < 1e-9
-    assert "## mnist5k (test)" in (results / "gaps.md").read_text()
-    assert (results / "gaps_mnist5k.png").exists()
+    assert gaps.loc[("linear_gaussian", "iaf", "test", True), "q_star_family"].startswith("IAF")
+    assert "## mnist5k (test points)" in (results / "gaps.md").read_text()
+    assert (results / "gaps_mnist5k.png").exists() and (results / "costs.md").exists()
     # everything is cached: a second run has nothing to do
     again = snakemake(tmp_path, TINY)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
-    # a changed option reruns only the cells it touches
-    changed = {**TINY, "datasets": {**TINY["datasets"],
-                                    "linear_gaussian": {**TINY["datasets"]["linear_gaussian"], "train": {"epochs": 4}}}}
-    dry = snakemake(tmp_path, changed, "-n")
-    assert "linear_gaussian/avi/seed0/model.pt" in dry.stdout and "mnist5k/avi/seed0/model.pt" not in dry.stdout
+    # a changed option reruns only the cells and stages it touches
+    changed = copy.deepcopy(TINY)
+    changed["datasets"]["linear_gaussian"]["train"]["epochs"] = 4
+    planned = planned_jobs(snakemake(tmp_path, changed, "-n").stdout)
+    assert {cell for rule, cell in planned if rule == "train"} == {"linear_gaussian/avi/seed0", "linear_gaussian/iaf/seed0"}
+    changed = copy.deepcopy(TINY)
+    changed["datasets"]["linear_gaussian"]["eval"] = {"is_samples": 60}
+    planned = planned_jobs(snakemake(tmp_path, changed, "-n").stdout)
+    assert {rule for rule, _ in planned} == {"cell", "manifest", "evaluate", "report", "all"}
+    assert {cell for rule, cell in planned if rule == "evaluate"} == {"linear_gaussian/avi/seed0",
+                                                                      "linear_gaussian/iaf/seed0"}
+
+
+def planned_jobs(dry_run: str) -> list[tuple[str, str]]:
+    """(rule, dataset/method/seed or dataset) of every job a dry run plans."""
+    jobs, rule = [], None
+    for line in dry_run.splitlines():
+        if match := re.fullmatch(r"\s*(?:local)?rule (\w+):", line):
+            rule = match.group(1)
+        elif rule and (match := re.fullmatch(r"\s*wildcards: (.*)", line)):
+            values = dict(item.split("=", 1) for item in match.group(1).split(", "))
+            key = "/".join(values[k] for k in ("dataset", "method") if k in values)
+            jobs.append((rule, key + (f"/seed{values['seed']}" if "seed" in values else "")))
+            rule = None
+        elif rule and line.strip().startswith("jobid:") and rule in ("manifest", "report", "all"):
+            jobs.append((rule, ""))
+            rule = None
+    return jobs
+
+
+def test_timing_jobs_never_run_beside_another_job(tiny_run):
+    """Every job writes its own start and end times (cost files): no job's interval overlaps a timing
+    job's, so inference is timed with nothing else running on the cores."""
+    intervals = []
+    for path in tiny_run.glob("**/*.cost.json"):
+        cost = json.loads(path.read_text())
+        intervals.append((cost["rule"], str(path.relative_to(tiny_run)), cost["started"], cost["finished"]))
+    timings = [i for i in intervals if i[0] == "timing"]
+    assert len(timings) == 2 and len(intervals) >= 2 + 4 + 4 + 2  # prepare, train, evaluate and gaps jobs too
+    for rule, name, start, end in timings:
+        for other_rule, other, other_start, other_end in intervals:
+            if other != name:
+                assert other_end <= start or other_start >= end, f"{other} ran during {name}"
+    # and the timing jobs ran after every training of their dataset
+    for rule, name, start, _ in timings:
+        dataset = name.split("/")[1]
+        trains = [i for i in intervals if i[0] == "train" and i[1].split("/")[1] == dataset]
+        assert trains and all(end <= start for _, _, _, end in trains)
 
 
 def test_bad_config_fails_before_any_job(tmp_path):
@@ -165,7 +230,7 @@ needs_fashion = pytest.mark.skipif(not DEBIAN_FASHION.is_dir(),
 @pytest.mark.realdata
 @needs_fashion
 def test_real_fashion_mnist_trains_and_evaluates(tmp_path):
-    config = {**TINY, "datasets": {"fashion_mnist": {
+    config = {**TINY, "methods": ["avi"], "gaps": {"enabled": False}, "datasets": {"fashion_mnist": {
         "data": {"train_subset": 2000, "test_subset": 300, "n_valid": 500},
         "model": {"latent_dim": 8, "hidden": [64]}, "train": {"epochs": 3}}}}
     done = snakemake(tmp_path, config)
@@ -174,7 +239,7 @@ def test_real_fashion_mnist_trains_and_evaluates(tmp_path):
     # a trained model beats the uniform Bernoulli (784 ln 2 = 543 nats) by far, and the IS bound is above the ELBO
     assert 100 < metrics["test_nll"] < 400 and metrics["test_nll"] <= -metrics["test_elbo"]
     board = pd.read_csv(tmp_path / "results/leaderboard.csv")
-    assert list(board["dataset"]) == ["fashion_mnist"]
+    assert list(board["dataset"]) == ["fashion_mnist"] and list(board["status"]) == ["ok"]
 
 
 @pytest.mark.realdata
@@ -211,8 +276,8 @@ def not_blank(png: Path) -> bool:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_report_pages_render_in_a_browser(tiny_run, tmp_path):
-    """The Snakemake report bundle and results/index.html, rendered by headless Chromium."""
+def test_snakemake_report_bundle_renders_in_a_browser(tiny_run, tmp_path):
+    """The Snakemake report bundle (`make report`), rendered by headless Chromium."""
     bundle = tiny_run / "report.html"
     made = subprocess.run([*SNAKEMAKE, "--snakefile", str(REPO_ROOT / "Snakefile"), "--directory", str(tiny_run),
                            "--configfile", str(tiny_run / "config.yaml"), "--report", str(bundle)],
@@ -224,11 +289,27 @@ def test_report_pages_render_in_a_browser(tiny_run, tmp_path):
     chromium(bundle, tmp_path / "profile", "--window-size=1280,900", f"--screenshot={tmp_path / 'bundle.png'}")
     assert not_blank(tmp_path / "bundle.png")
 
-    page = tiny_run / "results" / "index.html"
-    dom = chromium(page, tmp_path / "profile", "--dump-dom").stdout
-    assert dom.count('class="dataframe leaderboard"') == 2 and dom.count('class="dataframe gaps"') == 2
-    assert "<td>avi</td>" in dom and "<td>(true model)</td>" in dom
-    # per dataset: a Pareto plot, training curves and the gaps bar chart
-    assert dom.count('src="data:image/png;base64,') == 6
-    chromium(page, tmp_path / "profile", "--window-size=1280,1400", f"--screenshot={tmp_path / 'page.png'}")
-    assert not_blank(tmp_path / "page.png")
+
+
+@browser
+def test_index_page_sorts_and_hovers_in_a_browser(tiny_run, driver):
+    """results/index.html in Chromium (selenium): it loads offline without console errors, a leaderboard
+    sorts by test NLL when its header is clicked, and hovering a Pareto point names the method."""
+    from selenium.webdriver.common.by import By
+
+    page = (tiny_run / "results" / "index.html").as_uri()
+    driver.get_log("browser")
+    load(driver, page)
+    assert problems(driver.get_log("browser")) == []
+    board = pd.read_csv(tiny_run / "results" / "leaderboard.csv")
+    lg = board[board["dataset"] == "linear_gaussian"]
+    header = driver.find_element(
+        By.XPATH, "//table[@id='leaderboard-linear_gaussian']/thead//th[normalize-space(.//button)='test NLL']")
+    header.click()
+    assert row_methods(driver, "leaderboard-linear_gaussian") == list(lg.sort_values("test_nll_mean")["method"])
+    header.click()
+    assert row_methods(driver, "leaderboard-linear_gaussian") == list(
+        lg.sort_values("test_nll_mean", ascending=False)["method"])
+    series = lg.dropna(subset=["timing_hardware"])["timing_hardware"].iloc[0]
+    text = hover_point(driver, "pareto-linear_gaussian", series, 0)
+    assert "method: " in text and ("avi" in text or "iaf" in text) and "budget: 3 epochs" in text
