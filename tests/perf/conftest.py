@@ -1,7 +1,8 @@
-"""Perf cases report their measured ratios at the end of the run (no timed assertions anywhere)."""
-from __future__ import annotations
+"""Perf cases report their measured ratios at the end of the run (no timed assertions anywhere).
 
-import time
+Speed is only ever a ratio measured within one process, the variants interleaved round-robin over several
+rounds (tests/perf/interleave.py), each ratio reported with its spread over the rounds (median and IQR)."""
+from __future__ import annotations
 
 import pytest
 import torch
@@ -22,16 +23,14 @@ def cremer_model_and_batch():
     return models.build(data, {"latent_dim": LATENT, "hidden": list(HIDDEN)}), x
 
 
-def best_time(fn, repeats: int = 5, warmup: int = 1) -> float:
-    """Minimum wall time of fn() over `repeats` calls after `warmup` calls (seconds)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def refining_recmix(model, components: int, batched: bool = True):
+    """RecMix of M components in its trained state (all components, all weights set), in eval mode."""
+    from methods import build_method
+
+    method = build_method("recmix", model, {"components": components, "batched": batched}).eval()
+    method.on_epoch_start(10**6)
+    method.weights_set = components
+    return method
 
 
 @pytest.fixture
