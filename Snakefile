@@ -15,6 +15,7 @@ Run with a config, e.g.
 import json
 import os
 import shlex
+import shutil
 import sys
 
 from snakemake.utils import min_version
@@ -24,6 +25,8 @@ min_version("9.0")
 ROOT = workflow.basedir
 sys.path.insert(0, ROOT)
 
+from benchmarks.datasets.core import sha256_of  # noqa: E402
+from benchmarks.io import write_text  # noqa: E402
 from benchmarks.runtime import verify_model_file  # noqa: E402
 from benchmarks.suite import (  # noqa: E402
     STAGES,
@@ -83,6 +86,16 @@ def all_cores(wildcards=None):
         return 1
 
 
+def stage_content(w):
+    """What cell/<stage>.json holds: the stage's view of the cell; for training, also the checksums of
+    corrupt model files it replaced (so that finding one reruns the training)."""
+    view = stage_view(cell_of(w), w.stage)
+    rebuilds = REBUILDS.get((w.dataset, w.method, int(w.seed)))
+    if w.stage == "train" and rebuilds:
+        view["rebuilt_after_corrupt_models"] = rebuilds
+    return view
+
+
 def cells_of(dataset):
     return [(d, m, s) for d, m, s in CELLS if d == dataset]
 
@@ -120,17 +133,25 @@ REPORT_FILES = expand("results/leaderboard.{ext}", ext=["md", "csv", "tex", "par
 PARETO_PLOTS = expand("results/pareto_{dataset}.png", dataset=DATASETS)
 CURVES = expand("results/curves_{dataset}.png", dataset=DATASETS)
 
-# A model file that no longer matches its checksum (or has none: an older version) is moved aside, so that
-# Snakemake sees it missing and retrains the cell (resuming from its checkpoint where there is one).
-if not workflow.dryrun:
-    for run in RUNS:
-        model = f"{run}/model.pt"
-        if os.path.exists(model) and (problem := verify_model_file(model)):
-            os.replace(model, model + ".corrupt")
-            if os.path.exists(model + ".sha256"):
-                os.replace(model + ".sha256", model + ".sha256.corrupt")
-            print(f"amortbench: {problem}: moved it to {model}.corrupt; the cell will be trained again",
-                  file=sys.stderr)
+# A model file that no longer matches its checksum (or has none: an older version) is never read: a copy is
+# kept as model.pt.corrupt and its checksum is appended to model.pt.rebuilds, a list that the cell's
+# cell/train.json carries. The changed training input makes Snakemake retrain the cell (resuming from its
+# checkpoint where there is one) and rerun everything computed from it. (Deleting or touching the model
+# would not do: Snakemake does not rebuild a missing intermediate file whose dependants are complete, and
+# compares checksums, not only times.)
+REBUILDS = {}
+for key in CELLS:
+    model = f"{run_dir(*key)}/model.pt"
+    seen = open(model + ".rebuilds").read().split() if os.path.exists(model + ".rebuilds") else []
+    if os.path.exists(model) and (problem := verify_model_file(model)):
+        shutil.copyfile(model, model + ".corrupt")
+        if (digest := sha256_of(model)) not in seen:
+            seen.append(digest)
+            write_text(model + ".rebuilds", "\n".join(seen) + "\n")
+        print(f"amortbench: {problem}: kept a copy as {model}.corrupt; the cell will be trained again",
+              file=sys.stderr)
+    if seen:
+        REBUILDS[key] = seen
 
 
 report: "report/workflow.rst"
@@ -157,11 +178,16 @@ localrules:
 
 
 rule all:
+    """The reports and every result they are made from: after a failed run the partial report (onerror) exists,
+    so listing the results here is what makes the rerun finish the missing ones."""
     input:
         REPORT_FILES,
         PARETO_PLOTS,
         CURVES,
         "results/index.html",
+        [f"{run}/{name}" for run in RUNS for name in ("metrics.json", "points.parquet", "samples.png")],
+        [TIMING.format(dataset=d) + ".json" for d in DATASETS],
+        [f"{run_dir(*c)}/gaps.json" for c in GAP_CELLS],
 
 
 rule manifest:
@@ -178,7 +204,7 @@ rule cell:
     output:
         RUN + "/cell/{stage}.json",
     params:
-        content=lambda w: json.dumps(stage_view(cell_of(w), w.stage), sort_keys=True),
+        content=lambda w: json.dumps(stage_content(w), sort_keys=True),
     wildcard_constraints:
         stage="|".join(STAGES),
     shell:

@@ -84,6 +84,7 @@ class ResumeOverride(Options):
 
     lr: Optional[float] = Field(None, gt=0)
     grad_clip: Optional[float] = Field(None, gt=0)
+    reset_optimizer: bool = True  # start momentum buffers / Adam moments afresh: a diverging run's may be huge
 
 
 class TrainConfig(Options):
@@ -204,12 +205,15 @@ def train(
         start_epoch = checkpoint["epoch"] + 1
         log.info("resumed from %s after epoch %d", checkpoint_path, checkpoint["epoch"])
         if resume is not None and (resume.lr or resume.grad_clip) and start_epoch < total_epochs:
+            if resume.reset_optimizer:
+                optimizer.state.clear()
             if resume.lr:
                 scheduler.base_lrs = [resume.lr for _ in optimizer.param_groups]
                 for group in optimizer.param_groups:
                     group["lr"] = resume.lr * cfg.lr_factor(start_epoch)
-            resumed_with = {"after_epoch": start_epoch - 1, **resume.explicit()}
-            log.info("resume override from epoch %d on: %s", start_epoch, resume.explicit())
+            override = {k: v for k, v in resume.to_dict().items() if v is not None and k != "reset_optimizer"}
+            resumed_with = {"after_epoch": start_epoch - 1, **override}
+            log.info("resume override from epoch %d on: %s", start_epoch, override)
         if resumed_with and resumed_with.get("grad_clip"):
             grad_clip = resumed_with["grad_clip"]
     resumed_from = start_epoch

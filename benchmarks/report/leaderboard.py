@@ -26,6 +26,13 @@ from .config import ReportConfig
 from .stats import convergence_gain, paired_difference
 
 TRUE_MODEL = "(true model)"
+COLUMNS = ["status", "status_note", "seeds", "seeds_expected", "reference_method",
+           *(f"{c}_{s}" for c in ("test_nll", "test_elbo", "test_kl", "active_units", "exact_nll", "ppl", "bpd",
+                                  "params_inference") for s in ("mean", "std")),
+           "is_samples", "n_test", "true_nll", "dnll_mean", "dnll_lo", "dnll_hi", "dnll_over", "dnll_n",
+           "dnll_significant", *(f"infer_ms_{b}_{s}" for b in ("b1", "bB") for s in ("median", "q1", "q3")),
+           "timing_batch_size", "timing_hardware", "timing_note", "epochs", "epochs_planned", "decoder_updates",
+           "train_s", "budget_deviates", "budget_note", "budget_policy", "convergence_gain", "converged"]
 MEANS = {  # column -> metric of metrics.json, averaged over seeds
     "test_nll": "test_nll", "test_elbo": "test_elbo", "test_kl": "test_kl", "active_units": "active_units",
     "exact_nll": "exact_nll", "ppl": "test_ppl", "bpd": "test_bits_per_dim", "params_inference": "params_inference",
@@ -143,7 +150,10 @@ def build(results: Results) -> pd.DataFrame:
     board = pd.DataFrame(rows)
     if board.empty:
         return board
-    if "true_nll" in board:  # the data-generating model's NLL, a row of its own
+    for column in COLUMNS:  # the same columns whatever finished (a failed run's report too)
+        if column not in board:
+            board[column] = math.nan
+    if board["true_nll"].notna().any():  # the data-generating model's NLL, a row of its own
         truths = board.dropna(subset=["true_nll"]).groupby("dataset")["true_nll"].first()
         board = pd.concat([board, pd.DataFrame([{"dataset": d, "method": TRUE_MODEL, "status": "reference",
                                                  "seeds": 0, "test_nll_mean": v} for d, v in truths.items()])],

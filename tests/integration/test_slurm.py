@@ -5,13 +5,14 @@ it too when no node is up). The SLURM tests are skipped, with the reason, only w
 
 To stay within a few minutes on two cores, the cancel-and-resume scenario and the end-to-end comparison share
 one SLURM story (the `slurm_story` fixture), compared against one uninterrupted local run of the same config
-that runs alongside. profiles/slurm-ci submits one SLURM job per rule, the evaluate and the figures jobs batched:
+that runs alongside. profiles/slurm-ci submits one SLURM job per rule, the evaluate jobs batched:
 
   * config: TINY from test_pipeline.py, with the linear-Gaussian cell trained long enough to be cancelled;
   * SLURM run 1: prepare_data and train for both datasets; the linear-Gaussian training job is `scancel`ed once
     its checkpoint exists, and Snakemake stops with an error (mnist5k's training job completes);
   * SLURM run 2: the same command again: a new job resumes the linear-Gaussian training from its checkpoint,
-    then one job evaluates both cells, one draws both cells' figures, and the report job writes the leaderboard.
+    then one job evaluates both cells (and draws their figures), an exclusive job per dataset times its methods,
+    and the report job writes the leaderboard.
 """
 from __future__ import annotations
 
@@ -42,12 +43,13 @@ SLURM_PROFILE = REPO_ROOT / "profiles" / "slurm"
 SLURM_CI_PROFILE = REPO_ROOT / "profiles" / "slurm-ci"
 LOCAL_PROFILE = REPO_ROOT / "profiles" / "local"
 START_SLURM = REPO_ROOT / "tests" / "cluster" / "start_slurm.sh"
-TIMING_PREFIXES = ("infer_ms_", "train_s_")  # wall-clock measurements: differ between any two runs
+TIMING_PREFIXES = ("infer_ms_", "train_s")  # wall-clock measurements: differ between any two runs
 
 # TINY, except that the linear-Gaussian training lasts long enough (30 epochs of 100 steps, 10-30 s here) to be
 # cancelled after its first checkpoint; mnist5k is TINY's cell unchanged.
 EPOCHS = 30
 STORY = copy.deepcopy(TINY)
+STORY["methods"] = ["avi"]  # one training job per dataset: the one of linear_gaussian is the one cancelled
 STORY["datasets"]["linear_gaussian"] = {"data": {"n_train": 2000, "n_valid": 50, "n_test": 50},
                                         "train": {"epochs": EPOCHS, "batch_size": 20}}
 LG_CELL = Path("results/linear_gaussian/avi/seed0")
@@ -211,15 +213,15 @@ def slurm_story(slurm_cluster, tmp_path_factory):
 @pytest.mark.parametrize("profile", [SLURM_PROFILE, LOCAL_PROFILE], ids=["slurm", "local"])
 def test_dry_run_shows_gpu_requests(tmp_path, profile):
     """A paper-scale-like suite on CUDA whose config declares memory and run time (and, for the local profile,
-    the GPUs): the dry run (no GPU, no cluster needed) shows one GPU requested by every train, evaluate and
-    gaps job, none by the CPU rules, and the config's memory and run time kept (the profile does not
-    override them)."""
+    the GPUs): the dry run (no GPU, no cluster needed) shows one GPU requested by every train, evaluate,
+    timing and gaps job, none by the CPU rules, and the config's memory and run time kept (the profile does
+    not override them)."""
     config = yaml.safe_load((REPO_ROOT / "config" / "default.yaml").read_text())
     config.update(device="cuda", seeds=[0, 1, 2], gaps={"enabled": True},
                   resources={"prepare_data": {"mem_mb": 32000}, "train": {"mem_mb": 16000, "runtime": 2880},
                              "evaluate": {"mem_mb": 12000, "runtime": 240}})
     if profile == LOCAL_PROFILE:  # one machine: the GPU requests come from the config (as in paper.yaml)
-        for rule in ("train", "evaluate", "gaps"):
+        for rule in ("train", "evaluate", "timing", "gaps"):
             config["resources"].setdefault(rule, {})["gpu"] = 1
     path = tmp_path / "paper.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -239,42 +241,44 @@ def test_dry_run_shows_gpu_requests(tmp_path, profile):
     assert len(expected) >= 3 and len(requests.get("train", [])) == len(expected), requests.keys()
     assert len(requests.get("evaluate", [])) == len(expected)
     assert len(requests.get("gaps", [])) == len(expected)
-    for rule in ("train", "evaluate", "gaps"):
+    for rule in ("train", "evaluate", "timing", "gaps"):
         assert all(job.get("gpu") == "1" for job in requests[rule]), (rule, requests[rule])
-    for rule in ("prepare_data", "figures", "report"):
+    assert len(requests["timing"]) == len(config["datasets"])  # one timing job per dataset
+    for rule in ("prepare_data", "report"):
         assert requests.get(rule) and all(job.get("gpu", "0") == "0" for job in requests[rule]), rule
     # the config's declarations survive the profile
     assert {(job["mem_mb"], job["runtime"]) for job in requests["train"]} == {("16000", "2880")}
     assert {(job["mem_mb"], job["runtime"]) for job in requests["evaluate"]} == {("12000", "240")}
     assert {job["mem_mb"] for job in requests["prepare_data"]} == {"32000"}
     if profile == SLURM_PROFILE:
-        for rule in ("prepare_data", "train", "evaluate", "gaps", "figures", "report"):
+        for rule in ("prepare_data", "train", "evaluate", "timing", "gaps", "report"):
             assert all(int(job["runtime"]) > 0 and int(job["mem_mb"]) > 0 for job in requests[rule]), rule
-        for rule in ("prepare_data", "figures", "report"):
+        for rule in ("prepare_data", "report"):
             assert all(int(job["cpus_per_task"]) >= 1 for job in requests[rule]), rule
-        # the many small jobs are packed into SLURM jobs (the profile's groups)
-        assert "Group job evaluate_batch" in done.stdout and "Group job figures_batch" in done.stdout
+        # the timing job has its node to itself; the many small evaluations are packed into SLURM jobs
+        assert all("--exclusive" in job.get("slurm_extra", "") for job in requests["timing"])
+        assert "Group job evaluate_batch" in done.stdout
     assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
 
 
 def test_slurm_pipeline_matches_local_run(slurm_story):
-    """Every rule ran inside a SLURM job that completed (evaluations and figures batched), and the leaderboard
-    equals the local run's, timings aside."""
+    """Every rule ran inside a SLURM job that completed (evaluations batched), and the leaderboard equals the
+    local run's, timings aside."""
     logs, states, cancelled = slurm_story.slurm_logs, slurm_story.states, slurm_story.cancelled
     assert len(states) == len(logs) >= 6, (states, logs.keys())  # squeue knows every job Snakemake submitted
     assert {job: state for job, state in states.items() if job != cancelled} == \
         {job: "COMPLETED" for job in logs if job != cancelled}
     completed = {job: text for job, text in logs.items() if job != cancelled}
-    rules = ["prepare_data", "train", "evaluate", "figures"]
+    rules = ["prepare_data", "train", "evaluate", "timing"]
     rules += ["gaps"] if STORY.get("gaps", {}).get("enabled") else []
     for rule in rules:
         for dataset in ("mnist5k", "linear_gaussian"):
             assert any(_ran(text, rule, dataset) for text in completed.values()), (rule, dataset)
     assert any("rule report:" in text for text in completed.values())
-    for rule in ("evaluate", "figures"):  # the profile's groups: both cells' jobs in one SLURM job
-        batches = [job for job, text in completed.items()
-                   if _ran(text, rule, "mnist5k") and _ran(text, rule, "linear_gaussian")]
-        assert len(batches) == 1, (rule, batches)
+    # the profile's group: the evaluations of both datasets' cells in one SLURM job
+    batches = [job for job, text in completed.items()
+               if _ran(text, "evaluate", "mnist5k") and _ran(text, "evaluate", "linear_gaussian")]
+    assert len(batches) == 1, batches
 
     slurm_board = pd.read_csv(slurm_story.slurm / "results" / "leaderboard.csv")
     local_board = pd.read_csv(slurm_story.local / "results" / "leaderboard.csv")
@@ -283,7 +287,7 @@ def test_slurm_pipeline_matches_local_run(slurm_story):
     rows = slurm_board.set_index(["dataset", "method"])
     for dataset in ("mnist5k", "linear_gaussian"):
         assert 0 < rows.loc[(dataset, "avi"), "test_nll_mean"] < 1000
-        assert rows.loc[(dataset, "avi"), "infer_ms_mean"] > 0
+        assert rows.loc[(dataset, "avi"), "infer_ms_bB_median"] > 0
     assert (slurm_story.slurm / "results" / "pareto_mnist5k.png").stat().st_size > 0
 
 
