@@ -53,6 +53,7 @@ CELLS = cells(config)
 RESOLVED = {(d, m, s): resolve_cell(config, d, m, s, SUITE) for d, m, s in CELLS}
 DATASETS = sorted({d for d, _, _ in CELLS})
 RUN = "results/{dataset}/{method}/seed{seed}"
+PUBLISHED = os.path.join(ROOT, "config", "published.csv")
 TIMING = "results/{dataset}/timing"
 DEFAULT_RESOURCES = {
     "prepare_data": {"mem_mb": 8000},
@@ -125,7 +126,7 @@ def manifest():
     costs += [{"rule": "timing", "label": f"timing {d}", "benchmark": f"{TIMING.format(dataset=d)}.benchmark.tsv",
                "cost": f"{TIMING.format(dataset=d)}.cost.json"} for d in DATASETS]
     return {"cells": expected, "datasets": {d: {"timing": f"{TIMING.format(dataset=d)}.json"} for d in DATASETS},
-            "costs": costs}
+            "costs": costs, "published": PUBLISHED}
 
 
 MANIFEST = manifest()
@@ -346,6 +347,7 @@ rule gaps:
 rule report:
     input:
         manifest="results/expected.json",
+        published=PUBLISHED,
         metrics=[f"{run}/metrics.json" for run in RUNS],
         points=[f"{run}/points.parquet" for run in RUNS],
         samples=[f"{run}/samples.png" for run in RUNS],

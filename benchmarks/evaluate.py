@@ -148,6 +148,7 @@ def run_evaluation(cell: dict, model_file: Path, data: DataSplits, device: torch
         "hashes": cell["hashes"],
         "model_sha256": model_checksum(model_file),
         "test_points": {"n": metrics["n_test"], "fingerprint": test_fingerprint(data, metrics["n_test"])},
+        "data_source": data.meta.get("source") or f"generated ({cell['dataset_kind']}, seed {cell['data'].get('seed')})",
         "determinism": meta.get("determinism"),
         "provenance": provenance.record(device, cell["seed"], cell["hashes"]["train"]),
         "cell": cell,

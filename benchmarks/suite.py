@@ -19,7 +19,7 @@ differs is marked in every leaderboard.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator
 
@@ -32,6 +32,8 @@ from .evaluate import EvalConfig
 from .gaps import GapConfig
 from .options import Options, config_hash, deep_merge
 from .report import ReportConfig
+from .report.published import published_rows
+from .scale import smoke_cell, smoke_data
 from .timing import TimingConfig
 from .train import TRAINING_KEYS, ResumeOverride, TrainConfig
 
@@ -65,6 +67,7 @@ class DatasetEntry(Options):
 class SuiteConfig(Options):
     """The whole suite config (config/default.yaml and friends)."""
 
+    scale: Literal["full", "smoke"] = "full"  # smoke: every size cut down (benchmarks/scale.py)
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
     deterministic: bool = True  # torch deterministic algorithms (same seed, same numbers)
     threads: int = Field(1, ge=1)  # torch threads per training / evaluation job
@@ -115,6 +118,14 @@ def parse_suite(config: dict, where: str = "config") -> SuiteConfig:
             if name not in methods:
                 raise ConfigError(f"{where}: datasets.{key}.methods: unknown method {name!r}; available: {methods}")
         _check_method_names(entry.method_config, f"{where}: datasets.{key}.method_config", methods)
+    for key, entry in suite.datasets.items():
+        reference = (entry.report.published if entry and "published" in entry.report.model_fields_set else None) \
+            or suite.report.published
+        if reference is not None:
+            try:
+                published_rows(reference)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: datasets.{key}.report.published: {exc}") from None
     for item in suite.exclude:
         if item.dataset not in suite.datasets:
             raise ConfigError(f"{where}: exclude: no dataset entry {item.dataset!r}; entries: {sorted(suite.datasets)}")
@@ -159,10 +170,11 @@ def dataset_kind(config: dict, name: str) -> str:
 
 
 def data_options(config: dict, dataset: str) -> dict:
-    """The resolved `data:` options of a dataset entry (defaults filled in)."""
+    """The resolved `data:` options of a dataset entry (defaults filled in; cut down at `scale: smoke`)."""
     kind = dataset_kind(config, dataset)
     entry = config["datasets"][dataset] or {}
-    return dataset_class(kind).parse(entry.get("data"), f"datasets.{dataset}.data").to_dict()
+    options = dataset_class(kind).parse(entry.get("data"), f"datasets.{dataset}.data").to_dict()
+    return smoke_data(options) if config.get("scale") == "smoke" else options
 
 
 def _section(config: dict, dataset: str, name: str, cls: type[Options]) -> dict:
@@ -210,6 +222,8 @@ def resolve_cell(config: dict, dataset: str, method: str, seed: int, suite: Suit
         "resume": _resolved(config, dataset, "resume", ResumeOverride),
         "budget_policy": {"epochs": policy.epochs, **policy.budget.to_dict()},
     }
+    if suite.scale == "smoke":
+        cell = smoke_cell(cell)
     train_hash = config_hash({k: cell[k] for k in TRAINING_KEYS})
     cell["hashes"] = {
         "data": config_hash({"dataset": kind, "options": cell["data"]}),

@@ -92,6 +92,7 @@ class TrainConfig(Options):
     batch_size: int = Field(100, ge=1)
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)
+    adam_eps: float = Field(1e-8, gt=0)  # Adam's epsilon (Cremer et al.'s code: 1e-4)
     momentum: float = Field(0.0, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "iwae"] = "constant"
@@ -133,7 +134,7 @@ def make_optimizer(method, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in method.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
 
 
 @dataclass

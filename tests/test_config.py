@@ -136,3 +136,28 @@ def test_exclude_and_per_dataset_methods():
               "exclude": [{"dataset": "mnist5k", "method": "avi"}]}
     validate(config)
     assert cells(config) == []
+
+
+def test_smoke_scale_cuts_every_size_and_keeps_the_rest():
+    full = load_yaml(REPO_ROOT / "config" / "default.yaml")
+    assert validate(copy.deepcopy(full)) == full  # scale: full (the default) changes nothing
+    smoke = validate({**copy.deepcopy(full), "scale": "smoke"})
+    cell = resolve_cell(smoke, "mnist5k", "iaf", 0)
+    assert cell["train"]["epochs"] == 1 and cell["eval"]["is_samples"] == 10 and cell["timing"]["rounds"] == 1
+    assert cell["model"]["hidden"] == [32, 32] and cell["model"]["latent_dim"] == 16  # widths cut, z kept
+    assert cell["method_config"]["made_hidden"] == [16, 16] and cell["method_config"]["context_dim"] == 8
+    assert cell["gaps"]["points"] == {"test": 4} and cell["gaps"]["local"]["max_steps"] == 20
+    oracle = resolve_cell(smoke, "synthetic_oracle", "avi", 0)
+    assert oracle["data"]["n_train"] == 200 and oracle["data"]["hidden"] == oracle["model"]["hidden"] == 32
+    assert oracle["method_config"] == resolve_cell(full, "synthetic_oracle", "avi", 0)["method_config"]
+    lg = resolve_cell(smoke, "linear_gaussian", "svi", 0)
+    assert lg["method_config"]["steps"] == 50 and lg["method_config"]["lr"] == 0.02  # method settings kept
+
+
+def test_a_published_table_must_exist():
+    config = {**MINIMAL, "report": {"published": {"paper": "kim2018_savae", "table": "9"}}}
+    with pytest.raises(ConfigError, match=r"no published rows .*kim2018_savae"):
+        validate(config)
+    config["report"]["published"].update(table="1", setting="oracle_generator", methods={"vae": "avi"})
+    with pytest.raises(ConfigError, match=r"published methods \['savae', 'svi', 'true_model'\]"):
+        validate(config)

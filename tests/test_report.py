@@ -150,3 +150,23 @@ def test_paired_statistics_need_the_same_test_points(tmp_path, points):
     cells = [write_cell(tmp_path, "avi", 0, points), write_cell(tmp_path, "iaf", 0, points + 1, fingerprint="other")]
     board = leaderboard.build(collect({"cells": cells})).set_index("method")
     assert math.isnan(board.loc["iaf", "dnll_mean"])  # different test points: no paired comparison
+
+
+def test_published_numbers_join_the_rows_of_their_methods(tmp_path, points):
+    from benchmarks.report.config import Published
+    from benchmarks.report.published import compare, read_published
+
+    cells = [write_cell(tmp_path, "avi", 0, points), write_cell(tmp_path, "savae", 0, points + 1.0)]
+    board = leaderboard.build(collect({"cells": cells}))
+    board["dataset"] = "toy"
+    reference = Published(paper="kim2018_savae", table="1", setting="oracle_generator",
+                          methods={"vae": "avi", "svi": "svi", "savae": "savae", "true_model": "(true model)"})
+    table = compare(board, None, {"toy": reference}, read_published())
+    rows = board.set_index("method")
+    # the paper's numbers are -ELBO bounds: compared with the reproduced -ELBO (the fixtures' ELBO = log p - 1)
+    assert rows.loc["avi", "published"] == 21.77 and rows.loc["avi", "published_metric"] == "nll_upper_bound"
+    assert rows.loc["avi", "d_published"] == pytest.approx(-rows.loc["avi", "test_elbo_mean"] - 21.77)
+    assert rows.loc["savae", "d_published"] == pytest.approx(-rows.loc["savae", "test_elbo_mean"] - 20.13)
+    assert set(table["paper method"]) == {"vae", "svi", "savae", "true_model"}
+    assert table.set_index("paper method").loc["svi", "reproduced"] != table.set_index("paper method").loc["svi", "reproduced"]  # NaN: no svi row
+    assert (table["source"] == "Kim et al. 2018, Table 1").all()

@@ -164,8 +164,23 @@ class IdxImages(Dataset):
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
     download: bool = True
+    #: checksums of the raw files where they are not the published ones (a mirror, a test fixture): md5 of
+    #: the decompressed idx files, sha1 of Larochelle's .amat files; recorded in the prepared data's provenance
+    raw_checksums: Optional[dict[str, str]] = None
 
     RAW_MD5: ClassVar[dict[str, str]] = {}
+
+    def known_files(self) -> set[str]:
+        return set(self.RAW_MD5)
+
+    def expected(self, published: dict[str, str]) -> dict[str, str]:
+        """The checksums the raw files must match: the published ones, or `raw_checksums` where given."""
+        given = self.raw_checksums or {}
+        unknown = sorted(set(given) - self.known_files())
+        if unknown:
+            raise ConfigError(f"datasets.{self.name}.data.raw_checksums: unknown files {unknown}; "
+                              f"files are {sorted(self.known_files())}")
+        return {name: given.get(name, checksum) for name, checksum in published.items()}
     RAW_DIR: ClassVar[str] = ""  # <data_dir>/raw/<RAW_DIR> for hand-placed files
     SYSTEM_DIRS: ClassVar[tuple[str, ...]] = ()
     TORCHVISION: ClassVar[str] = ""
@@ -180,7 +195,7 @@ class IdxImages(Dataset):
         tv_class = getattr(torchvision.datasets, self.TORCHVISION)
         root = data_dir / "raw" / "torchvision"
         raw_folder = root / self.TORCHVISION / "raw"
-        source = place_files(self.sources(data_dir), raw_folder, self.RAW_MD5)
+        source = place_files(self.sources(data_dir), raw_folder, self.expected(self.RAW_MD5))
         if source is None:
             if not self.download:
                 raise DataError(self._missing(data_dir, "download is off"))
@@ -201,7 +216,7 @@ class IdxImages(Dataset):
 
     def build(self, data_dir: Path) -> DataSplits:
         gray, source = self.gray_splits(data_dir)
-        meta = {"source": source, "raw_md5": dict(self.RAW_MD5)}
+        meta = {"source": source, "raw_md5": self.expected(self.RAW_MD5)}
         return binary_image_splits(self.name, gray, self.binarization, self.binarize_seed, self.threshold, meta)
 
     def _missing(self, data_dir: Path, why: str) -> str:
@@ -272,12 +287,16 @@ class Mnist(IdxImages):
     RAW_DIR: ClassVar[str] = "mnist"
     TORCHVISION: ClassVar[str] = "MNIST"
 
+    def known_files(self) -> set[str]:
+        return set(self.RAW_MD5) | set(LAROCHELLE_SHA1)
+
     def build(self, data_dir: Path) -> DataSplits:
         if self.binarization != "static":
             return super().build(data_dir)
         folder = data_dir / "raw" / "binarized_mnist"
         sources = ([Path(self.root)] if self.root else []) + [folder]
-        source = place_files(sources, data_dir / "raw" / "binarized_mnist_verified", LAROCHELLE_SHA1, "sha1")
+        sha1 = self.expected(LAROCHELLE_SHA1)
+        source = place_files(sources, data_dir / "raw" / "binarized_mnist_verified", sha1, "sha1")
         if source is None:
             if not self.download:
                 raise DataError(f"Larochelle's binarized MNIST files ({', '.join(LAROCHELLE_SHA1)}) were not "
@@ -290,7 +309,7 @@ class Mnist(IdxImages):
             except Exception as exc:
                 raise DataError(f"downloading {LAROCHELLE_URL} failed ({exc}); place the three .amat files "
                                 f"in {folder}/") from None
-            place_files([folder], data_dir / "raw" / "binarized_mnist_verified", LAROCHELLE_SHA1, "sha1")
+            place_files([folder], data_dir / "raw" / "binarized_mnist_verified", sha1, "sha1")
         verified = data_dir / "raw" / "binarized_mnist_verified"
         splits = {}
         for split, name in zip(SPLITS, LAROCHELLE_SHA1):

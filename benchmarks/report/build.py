@@ -24,11 +24,13 @@ from ..io import atomic_path, write_text
 from . import costs as cost_tables
 from . import gaps_table, leaderboard, plots, render
 from .collect import Results, collect
+from .config import ReportConfig
 from .page import table_spec, write_page
+from .published import PUBLISHED_CSV, compare, read_published
 
 __all__ = ["build_report", "collect"]
 REPORT_FILES = ("leaderboard.*", "metrics_long.*", "pareto_*.png", "curves_*.png", "gaps.*", "gaps_*.png",
-                "costs.*", "ENVIRONMENT.md", "index.html")
+                "costs.*", "published.*", "ENVIRONMENT.md", "index.html")
 GAP_COLUMNS = ["L[q]", "ELBO subset (eval)", "ELBO all test (eval)", "L[q*]", "log p(x)", "approximation gap",
                "amortization gap", "optimization gap", "inference gap"]
 
@@ -102,6 +104,30 @@ def write_gaps(table: pd.DataFrame, out: Path) -> dict[str, list[dict]]:
     return specs
 
 
+def write_published(table: pd.DataFrame, out: Path) -> dict[str, list[dict]]:
+    """published.{md,csv}: every published number of the tables the config names, beside the reproduced one;
+    returns the page's table per dataset."""
+    specs: dict[str, list[dict]] = {}
+    sections = ["# Published beside reproduced", "",
+                "Every number of the published tables this config names (config/published.csv, with where each was "
+                "read), the reproduced value of the same quantity and the difference. A new random oracle or a "
+                "CPU-sized budget differs from the paper's setting: read the differences with the config's notes.", ""]
+    for dataset, group in table.groupby("dataset", sort=True):
+        shown = group[["paper", "table", "setting", "paper method", "method", "metric", "published", "reproduced",
+                       "Δ (reproduced - published)", "comparable", "source"]].copy()
+        for column in ("published", "reproduced", "Δ (reproduced - published)"):
+            shown[column] = ["—" if pd.isna(v) else f"{v:.2f}" for v in shown[column]]
+        sections += [f"## {dataset}", "", _markdown(shown), ""]
+        notes = sorted({n for n in group["why not comparable"] if n})
+        sections += [f"Not comparable: {n}" for n in notes] + ([""] if notes else [])
+        specs[dataset] = [table_spec(f"published-{dataset}", f"{dataset}: published beside reproduced",
+                                     shown.reset_index(drop=True).astype(str), group.reset_index(drop=True),
+                                     [f"Not comparable: {n}" for n in notes])]
+    write_text(out / "published.md", "\n".join(sections))
+    _write_frame(table, out / "published.csv")
+    return specs
+
+
 def write_environment(long: pd.DataFrame, path: Path) -> None:
     """What produced the numbers: each distinct (commit, device, torch) with the runs it covers."""
     runs = long.drop_duplicates(["dataset", "method", "seed"])
@@ -136,25 +162,39 @@ def build_report(manifest: dict, out_dir: str | Path) -> pd.DataFrame:
     results = collect(manifest)
     board = leaderboard.build(results)
     long = leaderboard.long_table(results)
+    gaps = gaps_table.build(results)
+    references = {}
+    for cell in results.cells:
+        reference = ReportConfig.parse(cell.expected["report"], "report").published
+        if reference is not None:
+            references[cell.expected["dataset"]] = reference
+    comparison = compare(board, gaps, references, read_published(manifest.get("published", PUBLISHED_CSV))) \
+        if references and len(board) else None
+    marks = {d: [{"value": (-1 if m == "log_px" else 1) * v, "label": f"{meth}: {m}"}
+                 for d, meth, m, v in zip(comparison["dataset"], comparison["paper method"], comparison["metric"],
+                                          comparison["published"]) if m in ("nll", "nll_upper_bound", "log_px")]
+             for d in references} if comparison is not None and not comparison.empty else {}
     datasets = sorted(set(board["dataset"])) if len(board) else []
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out_dir))
     try:
         write_leaderboard(board, long, staging)
+        published_specs = write_published(comparison, staging) if comparison is not None and not comparison.empty \
+            else {}
         images = {}
         for dataset in datasets:
-            plots.pareto_plot(board, dataset, staging / f"pareto_{dataset}.png")
+            plots.pareto_plot(board, dataset, staging / f"pareto_{dataset}.png", marks.get(dataset))
             histories = {f"{c.expected['method']} / seed{c.expected['seed']}": c.metrics.get("history") or []
                          for c in results.cells if c.expected["dataset"] == dataset and c.status == "ok"}
             plots.training_curves(histories, staging / f"curves_{dataset}.png", f"{dataset}: validation ELBO")
             images[dataset] = [{"title": "Pareto plot (static)", "src": f"pareto_{dataset}.png"},
                                {"title": "training curves", "src": f"curves_{dataset}.png"}]
-        gaps = gaps_table.build(results)
         gap_specs = write_gaps(gaps, staging) if not gaps.empty else {}
+        tables = {d: published_specs.get(d, []) + gap_specs.get(d, []) for d in datasets}
         for dataset in gap_specs:
             images.setdefault(dataset, []).append({"title": "inference gaps", "src": f"gaps_{dataset}.png"})
         costs = write_costs(results, staging)
         write_environment(long, staging / "ENVIRONMENT.md")
-        write_page(staging, board, datasets, gap_specs, {}, costs, images)
+        write_page(staging, board, datasets, tables, marks, costs, images)
         produced = {path.name for path in staging.iterdir()}
         for pattern in REPORT_FILES:  # a file of an earlier report that this config no longer produces
             for old in out_dir.glob(pattern):

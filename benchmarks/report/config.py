@@ -1,6 +1,8 @@
 """The `report:` options of a suite config (globally, or per dataset entry)."""
 from __future__ import annotations
 
+from typing import Literal, Optional
+
 from pydantic import Field
 
 from ..options import Options
@@ -14,7 +16,22 @@ class Convergence(Options):
     tolerance: float = Field(0.1, ge=0)
 
 
+class Published(Options):
+    """The published table a dataset entry reproduces: its rows of config/published.csv (paper, table, and
+    the dataset and setting columns where given) are shown beside the reproduced numbers."""
+
+    paper: str
+    table: str
+    dataset: Optional[str] = None  # the csv's dataset column (the paper's name for the data)
+    setting: Optional[str] = None  # the csv's setting column
+    methods: dict[str, str] = {}  # published method name -> the suite's method (or "(true model)")
+    split: Literal["train", "test"] = "test"  # gap quantities (log p(x), L[q*], gaps) compared on this split
+    comparable: bool = True  # false: the data or protocol differs from the paper's; Δ shown as not comparable
+    why_not_comparable: str = ""
+
+
 class ReportConfig(Options):
     reference_method: str = "avi"  # the paired differences (Δ test NLL) are taken against this method
     confidence: float = Field(0.95, gt=0, lt=1)  # of the paired intervals
     convergence: Convergence = Convergence()
+    published: Optional[Published] = None

@@ -32,7 +32,8 @@ COLUMNS = ["status", "status_note", "seeds", "seeds_expected", "reference_method
            "is_samples", "n_test", "true_nll", "dnll_mean", "dnll_lo", "dnll_hi", "dnll_over", "dnll_n",
            "dnll_significant", *(f"infer_ms_{b}_{s}" for b in ("b1", "bB") for s in ("median", "q1", "q3")),
            "timing_batch_size", "timing_hardware", "timing_note", "epochs", "epochs_planned", "decoder_updates",
-           "train_s", "budget_deviates", "budget_note", "budget_policy", "convergence_gain", "converged"]
+           "train_s", "budget_deviates", "budget_note", "budget_policy", "convergence_gain", "converged",
+           "data_source", "published", "published_metric", "d_published", "published_comparable"]
 MEANS = {  # column -> metric of metrics.json, averaged over seeds
     "test_nll": "test_nll", "test_elbo": "test_elbo", "test_kl": "test_kl", "active_units": "active_units",
     "exact_nll": "exact_nll", "ppl": "test_ppl", "bpd": "test_bits_per_dim", "params_inference": "params_inference",
@@ -131,6 +132,7 @@ def build(results: Results) -> pd.DataFrame:
             for stat, value in _timing(ok, batch).items():
                 row[f"{prefix}_{stat}"] = value
         row["timing_batch_size"] = int(configured) if configured else math.nan
+        row["data_source"] = "; ".join(sorted({c.metrics.get("data_source", "") for c in ok} - {""}))
         row["timing_hardware"] = "; ".join(sorted({c.timing_hardware["device_name"] for c in ok if c.timing_hardware}))
         row["timing_note"] = "; ".join(sorted({c.timing_note for c in ok if c.timing_note}))
         training = [c.metrics.get("training", {}) for c in ok]

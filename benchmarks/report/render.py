@@ -77,6 +77,11 @@ def display_table(board: pd.DataFrame) -> pd.DataFrame:
     out["decoder updates"] = ["—" if pd.isna(v) else f"{v:,.0f}" for v in board["decoder_updates"]]
     out["train s"] = ["—" if pd.isna(v) else f"{v:.1f}" for v in board["train_s"]]
     out["converged"] = [converged(row) for _, row in board.iterrows()]
+    if board["published"].notna().any():
+        out["published"] = ["" if pd.isna(v) else f"{v:.2f} ({m})" for v, m in
+                            zip(board["published"], board["published_metric"])]
+        out["Δ published"] = ["" if pd.isna(d) else f"{d:+.2f}" + ("" if c is True else " (not comparable)")
+                               for d, c in zip(board["d_published"], board["published_comparable"])]
     if "params_inference_mean" in board:
         out["inference params"] = ["—" if pd.isna(v) else f"{int(v):,}" for v in board["params_inference_mean"]]
     for title in list(out.columns)[1:]:  # the true model's row shows only its NLL
@@ -110,6 +115,12 @@ def header(board: pd.DataFrame) -> str:
                      f"with nothing else running, on {'; '.join(sorted(set(hardware)))}.")
     parts.append(f"Converged: validation ELBO gain over the last epochs within tolerance ({CONVERGENCE_MARK} still "
                  "improving: the gain is shown).")
+    sources = sorted({s for s in rows["data_source"].dropna() if s})
+    if sources:
+        parts.append(f"Data: {'; '.join(sources)}.")
+    if rows["published"].notna().any():
+        parts.append("Published: the paper's number for the method (metric in brackets; nll_upper_bound is -ELBO), "
+                     "Δ = reproduced - published; every published number of the table is in published.md.")
     return " ".join(parts)
 
 
