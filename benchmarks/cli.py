@@ -6,6 +6,8 @@
     timing    every cell/timing.json + model.pt of a dataset -> timing.json (interleaved; run it alone)
     gaps      cell/gaps.json + model.pt + prepared data -> gaps.json (approximation / amortization gaps)
     report    results/expected.json (the cells and their result files) -> leaderboards, plots, index.html
+    bundle    a run's results -> one checksummed archive that travels
+    merge     bundles and run directories -> one leaderboard and page
     publish   a finished run's reports -> results/reference/<name>/ (with RUN.md)
     validate  check a suite config file
     schema    print the JSON schema of a suite config (generated from the option classes)
@@ -33,7 +35,8 @@ STARTED = time.time()  # a job's start (refined to the process's creation time w
 #: what each subcommand imports before its work clock starts (start-up = Python + these imports)
 STAGE_MODULES = {"prepare": "benchmarks.datasets", "train": "benchmarks.train", "evaluate": "benchmarks.evaluate",
                  "timing": "benchmarks.timing", "gaps": "benchmarks.gaps", "report": "benchmarks.report.build",
-                 "validate": "benchmarks.suite", "schema": "benchmarks.suite"}
+                 "validate": "benchmarks.suite", "schema": "benchmarks.suite",
+                 "bundle": "benchmarks.report.bundle", "merge": "benchmarks.report.bundle"}
 
 
 def read_json(path: str | Path, what: str) -> dict:
@@ -135,6 +138,21 @@ def cmd_report(args) -> None:
     logging.info("leaderboard of %d rows written to %s", len(board), args.out_dir)
 
 
+def cmd_bundle(args) -> None:
+    from .report.bundle import write_bundle
+
+    index = write_bundle(Path(args.manifest), Path(args.out), models=args.models)
+    print(f"bundled {len(index['manifest']['cells'])} cells ({len(index['files'])} files) into {args.out}")
+
+
+def cmd_merge(args) -> None:
+    from .report.bundle import merge
+
+    board, conflicts = merge([Path(s) for s in args.sources], Path(args.out), args.pool_code_versions)
+    print(f"merged {len(args.sources)} sources into {args.out}: {len(board)} leaderboard rows, "
+          f"{len(conflicts)} conflicts (see {Path(args.out) / 'merge.md'})")
+
+
 def cmd_publish(args) -> None:
     """Copy a finished run's reports into a committed reference folder, with how it was made."""
     import datetime as dt
@@ -228,6 +246,17 @@ def parser() -> argparse.ArgumentParser:
     s = add("report", cmd_report, "check results against the config; leaderboards, plots, index.html")
     s.add_argument("--manifest", required=True, help="results/expected.json: the cells and their result files")
     s.add_argument("--out-dir", default="results")
+
+    s = add("bundle", cmd_bundle, "pack a run's results into one archive that travels (checksummed)")
+    s.add_argument("--manifest", default="results/expected.json", help="the run's results/expected.json")
+    s.add_argument("--out", required=True, help="the bundle to write (.tar.gz)")
+    s.add_argument("--models", action="store_true", help="include the trained models (safe format)")
+
+    s = add("merge", cmd_merge, "merge bundles and run directories into one leaderboard and page")
+    s.add_argument("sources", nargs="+", help="bundles (.tar.gz) or run directories (holding results/)")
+    s.add_argument("--out", required=True, help="the folder for the merged leaderboard")
+    s.add_argument("--pool-code-versions", action="store_true",
+                   help="pool results of different code versions (default: separate rows)")
 
     s = add("publish", cmd_publish, "copy a run's reports into a reference folder (make reproduce)")
     s.add_argument("results", help="the run's results/ directory")

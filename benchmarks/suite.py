@@ -227,6 +227,8 @@ def resolve_cell(config: dict, dataset: str, method: str, seed: int, suite: Suit
     train_hash = config_hash({k: cell[k] for k in TRAINING_KEYS})
     cell["hashes"] = {
         "data": config_hash({"dataset": kind, "options": cell["data"]}),
+        # the configuration without the seed: cells with equal ones are seeds of one experiment
+        "config": config_hash({**{k: cell[k] for k in TRAINING_KEYS if k != "seed"}, "eval": cell["eval"]}),
         "train": train_hash,
         **{stage: config_hash({"train": train_hash, stage: cell[stage]}) for stage in ("eval", "gaps", "timing")},
     }

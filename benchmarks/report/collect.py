@@ -61,8 +61,10 @@ def read_json(path: str | Path) -> Optional[dict]:
 
 
 def _identity_matches(record: dict, expected: dict) -> bool:
+    """Whether a result file belongs to the expected cell (a merged cell keeps its method's own name in
+    base_method; its `method` may carry a label such as "avi @commit")."""
     return (record.get("dataset"), record.get("method"), record.get("seed")) == \
-        (expected["dataset"], expected["method"], expected["seed"])
+        (expected["dataset"], expected.get("base_method", expected["method"]), expected["seed"])
 
 
 def _check_metrics(cell: CellResult, files: dict) -> None:
@@ -104,14 +106,13 @@ def _attach_timing(cell: CellResult, timing: Optional[dict]) -> None:
     if timing is None:
         cell.timing_note = "not timed yet"
         return
-    for entry in timing.get("cells", []):
-        if (entry["method"], entry["seed"]) == (cell.expected["method"], cell.expected["seed"]):
-            if entry["hashes"].get("timing") == cell.expected["hashes"]["timing"]:
-                cell.timing, cell.timing_hardware = entry, timing.get("hardware")
-            else:
-                cell.timing_note = "timing of another configuration"
+    method = cell.expected.get("base_method", cell.expected["method"])
+    matches = [e for e in timing.get("cells", []) if (e["method"], e["seed"]) == (method, cell.expected["seed"])]
+    for entry in matches:
+        if entry["hashes"].get("timing") == cell.expected["hashes"]["timing"]:
+            cell.timing, cell.timing_hardware = entry, entry.get("hardware") or timing.get("hardware")
             return
-    cell.timing_note = "not in the dataset's timing run"
+    cell.timing_note = "timing of another configuration" if matches else "not in the dataset's timing run"
 
 
 def _attach_gaps(cell: CellResult, path: Optional[str]) -> None:
@@ -142,6 +143,10 @@ def collect(manifest: dict) -> Results:
     cells = []
     for expected in manifest["cells"]:
         cell = CellResult(expected)
+        if expected.get("conflict"):  # merged runs disagree on this cell and seed: neither counts
+            cell.status, cell.reason = "conflict", expected["conflict"]
+            cells.append(cell)
+            continue
         _check_metrics(cell, expected["files"])
         if cell.status == "ok":
             _attach_timing(cell, timings.get(expected["dataset"]))

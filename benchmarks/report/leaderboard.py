@@ -26,7 +26,7 @@ from .config import ReportConfig
 from .stats import convergence_gain, paired_difference
 
 TRUE_MODEL = "(true model)"
-COLUMNS = ["status", "status_note", "seeds", "seeds_expected", "reference_method",
+COLUMNS = ["status", "status_note", "seeds", "seeds_expected", "reference_method", "config",
            *(f"{c}_{s}" for c in ("test_nll", "test_elbo", "test_kl", "active_units", "exact_nll", "ppl", "bpd",
                                   "params_inference") for s in ("mean", "std")),
            "is_samples", "n_test", "true_nll", "dnll_mean", "dnll_lo", "dnll_hi", "dnll_over", "dnll_n",
@@ -48,7 +48,10 @@ def _status(group: list[CellResult]) -> tuple[str, str]:
     reasons = "; ".join(sorted({f"seed {c.expected['seed']}: {c.status} ({c.reason})" for c in bad}))
     if ok:
         return "partial", reasons
-    return ("stale" if any(c.status == "stale" for c in bad) else "missing"), reasons
+    for status in ("conflict", "stale"):
+        if any(c.status == status for c in bad):
+            return status, reasons
+    return "missing", reasons
 
 
 def _budget(group: list[CellResult], ok: list[CellResult]) -> tuple[bool, str]:
@@ -108,7 +111,8 @@ def build(results: Results) -> pd.DataFrame:
         ok = [c for c in group if c.status == "ok"]
         status, reason = _status(group)
         row = {"dataset": dataset, "method": method, "status": status, "status_note": reason,
-               "seeds": len(ok), "seeds_expected": len(group), "reference_method": config.reference_method}
+               "seeds": len(ok), "seeds_expected": len(group), "reference_method": config.reference_method,
+               "config": ", ".join(sorted({c.expected["hashes"].get("config", "")[:8] for c in group} - {""}))}
         for column, metric in MEANS.items():
             values = [c.metrics["metrics"][metric] for c in ok if metric in c.metrics["metrics"]]
             row[f"{column}_mean"] = float(np.mean(values)) if values else math.nan

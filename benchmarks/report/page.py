@@ -74,7 +74,8 @@ def pareto_spec(board: pd.DataFrame, dataset: str, published: list[dict]) -> dic
                           "budget": f"{r['epochs']:.0f} epochs, {r['train_s']:.0f} s" + (
                               f" (deviates: {r['budget_note']})" if r["budget_deviates"] else ""),
                           "converged": render.converged(r),
-                          "ms/ex @1": render.timing(r, "infer_ms_b1")}})
+                          "ms/ex @1": render.timing(r, "infer_ms_b1"),
+                          "config": r.get("config") or ""}})
         series.append({"name": hardware or "unknown hardware", "points": points})
     truth = board[(board["dataset"] == dataset) & board["method"].eq(TRUE_MODEL)]
     batch = rows["timing_batch_size"].dropna()

@@ -128,7 +128,7 @@ def footnotes(board: pd.DataFrame) -> list[str]:
     notes = [f"{BUDGET_MARK} {m}: {n}" for m, n, d in zip(board["method"], board["budget_note"], board["budget_deviates"])
              if d is True and n]
     notes += [f"{m}: {s} ({n})" for m, s, n in zip(board["method"], board["status"], board["status_note"])
-              if s in ("stale", "missing", "partial") and n]
+              if s in ("stale", "missing", "partial", "conflict") and n]
     notes += [f"{m}: timing {n}" for m, n in zip(board["method"], board.get("timing_note", []))
               if isinstance(n, str) and n]
     return notes
