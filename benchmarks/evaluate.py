@@ -124,7 +124,7 @@ def run_evaluation(cell: dict, model_file: Path, data: DataSplits, device: torch
     return the metrics.json payload."""
     cfg = EvalConfig.parse(cell["eval"], "eval")
     method, saved = build_trained(cell, data, device, model_file)
-    seed_everything(cell["seed"] + 1, cell["deterministic"])
+    seed_everything(cell["seed"] + 1, cell["deterministic"], device)
     metrics, points = evaluate(method, data, cfg, device)
     write_points(points_file, points, {"dataset": cell["dataset"], "method": cell["method"], "seed": cell["seed"],
                                        "eval_hash": cell["hashes"]["eval"]})

@@ -38,7 +38,7 @@ from .ais import AISConfig, ais_log_px
 from .estimators import chunk_size, importance_sample
 from .localopt import FamilyNotOptimizable, LocalOptimConfig, family_importance_sample, optimize_family, optimize_ffg
 from .options import Options
-from .runtime import build_trained
+from .runtime import build_trained, cudnn_disabled, needs_cudnn_off
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,7 +189,9 @@ def inference_gaps(method, x: torch.Tensor | list[torch.Tensor], config: GapConf
     batches = list(x.split(cfg.batch_size)) if isinstance(x, torch.Tensor) else list(x)
     method.eval()
     per_batch = []
-    with _seeded(cfg.seed, batches[0].device):
+    # AIS and the local optimizations differentiate through the decoder (and encoder) in eval mode, which
+    # cuDNN's RNN kernels refuse: native kernels for recurrent models on CUDA
+    with _seeded(cfg.seed, batches[0].device), cudnn_disabled(needs_cudnn_off(method.model, batches[0])):
         for xb in batches:
             per_batch.append(_batch_gaps(method, xb, cfg))
     per_point = {k: torch.cat([b[k] for b in per_batch]) for k in per_batch[0]}

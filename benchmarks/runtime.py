@@ -9,7 +9,6 @@ three and says how to regenerate a file that fails.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -17,12 +16,13 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from methods import build_method
+from methods._refinement import cudnn_disabled, needs_cudnn_off, on_cuda  # noqa: F401 - re-exported
 
 from . import models
 from .datasets import DataSplits
@@ -40,6 +40,11 @@ CUBLAS_WORKSPACE = ":4096:8"
 # --------------------------------------------------------------------------------------------------
 # device and determinism
 
+#: the values of CUBLAS_WORKSPACE_CONFIG under which cuBLAS is deterministic (the two torch accepts)
+DETERMINISTIC_CUBLAS = (":4096:8", ":16:8")
+#: set by prepare_determinism when it had to set the variable after CUDA had started (too late to count)
+_workspace_set_late = False
+
 
 def resolve_device(name: str) -> torch.device:
     """`auto` is CUDA when torch finds a device, else the CPU; `cuda` without one is an error."""
@@ -52,23 +57,30 @@ def resolve_device(name: str) -> torch.device:
 
 def prepare_determinism(deterministic: bool) -> None:
     """Before the first CUDA call: cuBLAS is only deterministic with a fixed workspace
-    (CUBLAS_WORKSPACE_CONFIG); set it unless the user has set it already."""
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    (CUBLAS_WORKSPACE_CONFIG, read when cuBLAS starts); set it unless the user has set it already.
+    Setting it after CUDA has started is too late: that is logged and ``determinism_record`` says so."""
+    global _workspace_set_late
+    if not deterministic or "CUBLAS_WORKSPACE_CONFIG" in os.environ:
+        return
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+    if torch.cuda.is_initialized():
+        _workspace_set_late = True
+        log.warning("CUBLAS_WORKSPACE_CONFIG was set after CUDA had started: cuBLAS may not be deterministic "
+                    "(set it in the environment, or call prepare_determinism before any CUDA work)")
 
 
-def seed_everything(seed: int, deterministic: bool = True) -> dict:
+def seed_everything(seed: int, deterministic: bool = True, device: Optional[torch.device | str] = None) -> dict:
     """Seed Python, NumPy and torch; with `deterministic`, ask torch for deterministic algorithms.
 
-    Returns what is really in force, for the provenance record: on CUDA, determinism needs the cuBLAS
-    workspace variable set before CUDA started (``prepare_determinism``) and cuDNN's benchmark off."""
+    Returns what is really in force, for the provenance record (``determinism_record``; pass the run's
+    `device` so that a CUDA run is judged before CUDA has started)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
         use_deterministic_algorithms()
         torch.backends.cudnn.benchmark = False
-    return determinism_record(deterministic)
+    return determinism_record(deterministic, device)
 
 
 def use_deterministic_algorithms() -> None:
@@ -81,28 +93,38 @@ def use_deterministic_algorithms() -> None:
         inductor.deterministic = True
 
 
-def determinism_record(requested: bool) -> dict:
+def determinism_record(requested: bool, device: Optional[torch.device | str] = None) -> dict:
+    """Whether determinism was requested and is in force: torch's deterministic algorithms on, cuDNN's
+    benchmark (autotuning) off and, when CUDA is in use (already started, or `device` is CUDA), cuBLAS's
+    workspace fixed to a deterministic value before CUDA started. ``warn_only``: ops without a
+    deterministic implementation warn instead of failing (their results may still vary on CUDA).
+    ``tf32``: whether CUDA convolutions / matmuls may use TF32 (reproducible, but not float32-exact)."""
     cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
-    cuda_ok = cublas in (":4096:8", ":16:8")
+    initialized = torch.cuda.is_initialized()
+    cuda_in_use = initialized or (device is not None and torch.device(device).type == "cuda")
+    cublas_ok = cublas in DETERMINISTIC_CUBLAS and not (initialized and _workspace_set_late)
     in_force = bool(requested and torch.are_deterministic_algorithms_enabled()
-                    and (cuda_ok or not torch.cuda.is_initialized()))
+                    and not torch.backends.cudnn.benchmark and (cublas_ok or not cuda_in_use))
     return {"requested": bool(requested), "in_force": in_force, "cublas_workspace_config": cublas,
-            "cuda_initialized": torch.cuda.is_initialized()}
+            "cuda_initialized": initialized, "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "tf32": {"cudnn": bool(torch.backends.cudnn.allow_tf32),
+                     "matmul": bool(torch.backends.cuda.matmul.allow_tf32)}}
 
 
-@contextlib.contextmanager
-def cudnn_disabled(enabled: bool = True) -> Iterator[None]:
-    """cuDNN off inside (when `enabled`): its RNN kernels support neither double backward nor backward in
-    eval mode, so refinement and exact SA-VAE gradients through recurrent models take the native kernels."""
-    if not enabled:
-        yield
-        return
-    previous = torch.backends.cudnn.enabled
-    torch.backends.cudnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.enabled = previous
+# cuDNN and recurrent models: the guard is defined beside the refinement code that takes it (methods sit
+# below this layer) and re-exported here: `on_cuda`, `needs_cudnn_off`, `cudnn_disabled`.
+
+
+def recurrent_guard_record(model, device: torch.device | str) -> dict:
+    """For a stage's provenance: whether gradients through this model's recurrent kernels (SVI / SA-VAE
+    refinement at training and test time; iterative's eval-mode gradients) run with cuDNN off on `device`.
+    The decision is ``needs_cudnn_off``, the one the methods take."""
+    device = torch.device(device)
+    off = needs_cudnn_off(model, device)
+    return {"model_recurrent": bool(model.recurrent), "device_type": device.type,
+            "cudnn_off_for_recurrent_gradients": off,
+            "cudnn_enabled_elsewhere": bool(torch.backends.cudnn.enabled) if on_cuda(device) else None}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def run_timing(cells: list[dict], model_files: list[Path], data: DataSplits, dev
     if not cells:
         raise ValueError("no cells to time")
     cfg = TimingConfig.parse(cells[0]["timing"], "timing")
-    seed_everything(0, cells[0]["deterministic"])
+    seed_everything(0, cells[0]["deterministic"], device)
     methods = {}
     for cell, path in zip(cells, model_files):
         methods[_key(cell)], _ = build_trained(cell, data, device, path)

@@ -43,7 +43,8 @@ from .errors import TrainingDiverged
 from .estimators import elbo
 from .io import write_text
 from .options import Options
-from .runtime import load_checkpoint, rng_state, save_checkpoint, save_model, seed_everything, set_rng_state
+from .runtime import (load_checkpoint, recurrent_guard_record, rng_state, save_checkpoint, save_model,
+                      seed_everything, set_rng_state)
 
 log = logging.getLogger("amortbench.train")
 
@@ -343,7 +344,7 @@ def _progress(iterable, total: int, initial: int, enabled: bool):
 def run_training(cell: dict, data: DataSplits, out_model: Path, state_dir: Path, log_csv: Path,
                  device: torch.device, progress: bool = True) -> TrainResult:
     """Build model + method for a resolved cell, train, and write the selected model (atomically)."""
-    determinism = seed_everything(cell["seed"], cell["deterministic"])
+    determinism = seed_everything(cell["seed"], cell["deterministic"], device)
     cfg = TrainConfig.parse(cell["train"], "train")
     model = models.build(data, cell["model"])
     method = build_method(cell["method"], model, cell["method_config"])
@@ -367,6 +368,7 @@ def run_training(cell: dict, data: DataSplits, out_model: Path, state_dir: Path,
         "history": result.history,
         "device": str(device),
         "determinism": determinism,
+        "recurrent_guard": recurrent_guard_record(model, device),
     })
     return result
 

@@ -21,15 +21,57 @@ Gradients through the K steps (SA-VAE):
   the backward pass runs the momentum recursion in reverse and forms each Hessian-vector product by a
   central difference of the gradient, [grad f(lambda_k + r u) - grad f(lambda_k - r u)] / 2r with the
   same noise replayed, where u = J_clip(g_k)^T w is the adjoint pushed through the clipping.
+
+cuDNN and recurrent models: cuDNN's RNN kernels support neither double backward (pytorch#5261,
+#25315: "derivative for _cudnn_rnn_backward is not implemented") nor backward in eval mode, so every
+refinement through a recurrent model on CUDA (training and test time, exact and finite-difference,
+forward and backward passes) runs with cuDNN off: ``cudnn_disabled(needs_cudnn_off(model, x))``. The
+native kernels it then takes are double-differentiable. The guard lives here, below benchmarks.runtime
+in the layers (methods cannot import runtime), and runtime re-exports it for the stages.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+import contextlib
+from typing import Iterator, Literal, Optional, Union
 
 import torch
 from pydantic import Field
 
 from benchmarks.options import Options
+
+
+# --------------------------------------------------------------------------------------------------
+# the cuDNN guard for recurrent models (re-exported by benchmarks.runtime)
+
+
+def on_cuda(where: Union[torch.Tensor, torch.device, str]) -> bool:
+    """Whether a tensor (or a device) is on CUDA. The one device check of the guard: CPU tests patch it."""
+    device = where.device if isinstance(where, torch.Tensor) else torch.device(where)
+    return device.type == "cuda"
+
+
+def needs_cudnn_off(model, where: Union[torch.Tensor, torch.device, str]) -> bool:
+    """True when gradients through `model` at `where` (the data tensor, or a device) would run cuDNN's
+    RNN kernels: the device is CUDA and the model has recurrent modules (``GenerativeModel.recurrent``)."""
+    return on_cuda(where) and bool(model.recurrent)
+
+
+@contextlib.contextmanager
+def cudnn_disabled(enabled: bool = True) -> Iterator[None]:
+    """cuDNN off inside (when `enabled`), restored afterwards even on an exception."""
+    if not enabled:
+        yield
+        return
+    previous = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.enabled = previous
+
+
+# --------------------------------------------------------------------------------------------------
+# SVI refinement
 
 
 class SVIOptions(Options):
@@ -77,8 +119,9 @@ def _clipped_gradient(model, x, mu, logvar, eps, kl_weight, opts, create_graph, 
 def refine(model, x, mu, logvar, opts: SVIOptions, steps: int, kl_weight: float = 1.0,
            create_graph: bool = False):
     """lambda_K from lambda_0 = (mu, logvar). With create_graph, lambda_K stays a differentiable
-    function of lambda_0 and theta (exact mode); otherwise the result is detached."""
-    with torch.enable_grad():
+    function of lambda_0 and theta (exact mode); otherwise the result is detached. Through a recurrent
+    model on CUDA the steps run with cuDNN off (module docstring), so the graph holds native kernels."""
+    with torch.enable_grad(), cudnn_disabled(needs_cudnn_off(model, x)):
         if not (create_graph and mu.requires_grad and logvar.requires_grad):
             mu, logvar = mu.detach().requires_grad_(True), logvar.detach().requires_grad_(True)
         v_mu, v_lv = torch.zeros_like(mu), torch.zeros_like(logvar)
@@ -106,7 +149,7 @@ class _FiniteDifferenceRefinement(torch.autograd.Function):
         trajectory = []
         mu, logvar = mu0.detach(), logvar0.detach()
         v_mu, v_lv = torch.zeros_like(mu), torch.zeros_like(logvar)
-        with torch.enable_grad():
+        with torch.enable_grad(), cudnn_disabled(needs_cudnn_off(model, x)):
             for _ in range(steps):
                 eps = torch.randn_like(mu)
                 mu_k, lv_k = mu.requires_grad_(True), logvar.requires_grad_(True)
@@ -129,24 +172,26 @@ class _FiniteDifferenceRefinement(torch.autograd.Function):
         v_bar = [torch.zeros_like(grad_mu), torch.zeros_like(grad_lv)]  # adjoint of v_{k+1}
         theta_bar = [torch.zeros_like(p) for p in params]
         per_example = opts.step_scaling == "per_example"
-        for mu_k, lv_k, eps in reversed(trajectory):
-            # lambda_{k+1} = lambda_k + lr v_{k+1}:  v_{k+1} receives lr * lambda_bar
-            v_bar = [vb + opts.lr * lb for vb, lb in zip(v_bar, lam_bar)]
-            # v_{k+1} = m v_k - clip(grad f(lambda_k)): the clipped gradient receives -v_bar
-            with torch.enable_grad():
-                mu_req, lv_req = mu_k.clone().requires_grad_(True), lv_k.clone().requires_grad_(True)
-                raw = torch.autograd.grad(_total(svi_objective(model, x, mu_req, lv_req, eps, ctx.kl_weight), opts),
-                                          (mu_req, lv_req))
-                raw = [g.detach().requires_grad_(True) for g in raw]
-                clipped = [clip_rows(g, opts.grad_clip, per_example) for g in raw]
-                u = torch.autograd.grad(clipped, raw, grad_outputs=[-vb for vb in v_bar])
-            # Hessian-vector products by central differences, noise replayed
-            plus = _gradients_at(model, x, mu_k + r * u[0], lv_k + r * u[1], eps, ctx.kl_weight, opts, params)
-            minus = _gradients_at(model, x, mu_k - r * u[0], lv_k - r * u[1], eps, ctx.kl_weight, opts, params)
-            hvp = [(p - m) / (2 * r) for p, m in zip(plus, minus)]
-            lam_bar = [lb + h for lb, h in zip(lam_bar, hvp[:2])]
-            theta_bar = [tb + h for tb, h in zip(theta_bar, hvp[2:])]
-            v_bar = [opts.momentum * vb for vb in v_bar]
+        # this runs at loss.backward(), outside the forward's guard: the replayed steps need their own
+        with cudnn_disabled(needs_cudnn_off(model, x)):
+            for mu_k, lv_k, eps in reversed(trajectory):
+                # lambda_{k+1} = lambda_k + lr v_{k+1}:  v_{k+1} receives lr * lambda_bar
+                v_bar = [vb + opts.lr * lb for vb, lb in zip(v_bar, lam_bar)]
+                # v_{k+1} = m v_k - clip(grad f(lambda_k)): the clipped gradient receives -v_bar
+                with torch.enable_grad():
+                    mu_req, lv_req = mu_k.clone().requires_grad_(True), lv_k.clone().requires_grad_(True)
+                    raw = torch.autograd.grad(
+                        _total(svi_objective(model, x, mu_req, lv_req, eps, ctx.kl_weight), opts), (mu_req, lv_req))
+                    raw = [g.detach().requires_grad_(True) for g in raw]
+                    clipped = [clip_rows(g, opts.grad_clip, per_example) for g in raw]
+                    u = torch.autograd.grad(clipped, raw, grad_outputs=[-vb for vb in v_bar])
+                # Hessian-vector products by central differences, noise replayed
+                plus = _gradients_at(model, x, mu_k + r * u[0], lv_k + r * u[1], eps, ctx.kl_weight, opts, params)
+                minus = _gradients_at(model, x, mu_k - r * u[0], lv_k - r * u[1], eps, ctx.kl_weight, opts, params)
+                hvp = [(p - m) / (2 * r) for p, m in zip(plus, minus)]
+                lam_bar = [lb + h for lb, h in zip(lam_bar, hvp[:2])]
+                theta_bar = [tb + h for tb, h in zip(theta_bar, hvp[2:])]
+                v_bar = [opts.momentum * vb for vb in v_bar]
         return (lam_bar[0], lam_bar[1], None, None, None, None, None, None, *theta_bar)
 
 

@@ -32,7 +32,6 @@ is touched. Inference costs T decoder forward+backward passes.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Literal
 
 import torch
@@ -43,6 +42,7 @@ from benchmarks.estimators import elbo
 from benchmarks.networks import Activation, activation, mlp
 from benchmarks.options import Options
 
+from ._refinement import cudnn_disabled, needs_cudnn_off
 from .base import DiagonalGaussian, InferenceMethod, Step
 
 
@@ -58,16 +58,6 @@ class IterativeConfig(Options):
     unroll: bool = False  # backpropagate the inference loss through all earlier iterations
     logvar_min: float = -12.0
     logvar_max: float = 8.0
-
-
-@contextlib.contextmanager
-def _cudnn_disabled():
-    previous = torch.backends.cudnn.enabled
-    torch.backends.cudnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.enabled = previous
 
 
 class GradientEncoding(nn.Module):
@@ -131,9 +121,10 @@ class Iterative(InferenceMethod):
         """ELBO(lambda) per datapoint (B,) at a detached copy of lambda, and its gradient (B, 2D).
 
         With keep_graph the bound keeps its graph to the decoder (for the final term)."""
-        # cuDNN's RNN backward refuses eval mode: there, take the gradient through the native kernels
-        rnn_guard = _cudnn_disabled() if x.is_cuda and not self.model.training else contextlib.nullcontext()
-        with torch.enable_grad(), rnn_guard:
+        # cuDNN's RNN backward refuses eval mode: there, a recurrent model on CUDA takes the native kernels
+        # (first-order gradients only, so training mode keeps cuDNN; see methods/_refinement.py)
+        eval_rnn = needs_cudnn_off(self.model, x) and not self.model.training
+        with torch.enable_grad(), cudnn_disabled(eval_rnn):
             leaf = lam.detach().requires_grad_(True)
             bound = elbo(self.model, self._split(leaf), x, self.config.samples, step.kl_weight,
                          step.entropy_weight)
