@@ -7,7 +7,7 @@ CONFIG ?= config/default.yaml
 PROFILE ?= profiles/local
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run run-slurm slurm-up report reproduce test bench lint dry-run clean
+.PHONY: setup run run-slurm slurm-up report reproduce test bench profile bundle gpu-smoke lint dry-run clean
 
 setup: $(STAMP)
 
@@ -19,12 +19,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
+# The config is validated first: a YAML error then names its line and column (Snakemake's own message does not).
 run: setup
+	$(BIN)/python -m benchmarks.cli validate $(CONFIG)
 	$(BIN)/snakemake --profile $(PROFILE) --cores $(CORES) --configfile $(CONFIG)
-	@echo "leaderboard: results/leaderboard.md   plots: results/pareto_*.png"
+	@echo "leaderboard: results/leaderboard.md   page: results/index.html   cost: results/costs.md"
 
 # On a SLURM cluster (edit profiles/slurm first: account, partition; see docs/cluster.md)
 run-slurm: setup
+	$(BIN)/python -m benchmarks.cli validate $(CONFIG)
 	$(BIN)/snakemake --profile profiles/slurm --configfile $(CONFIG)
 
 # A one-node SLURM cluster on this machine (Debian's slurm-wlm and munge; root), for tests and trials
@@ -52,6 +55,20 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m pytest tests/perf --benchmark-enable --benchmark-columns=min,median,mean,rounds
+
+# Where the time of the last run went: the per-stage cost table (results/costs.md, written by every report)
+profile:
+	@test -f results/costs.md || { echo "no results/costs.md: run the pipeline first (make run)"; exit 1; }
+	@cat results/costs.md
+
+# The last run's results as one archive that travels (BUNDLE=...; MODELS=1 adds the trained models)
+BUNDLE ?= results/bundle.tar.gz
+bundle: setup
+	$(BIN)/python -m benchmarks.cli bundle --manifest results/expected.json --out $(BUNDLE) $(if $(MODELS),--models,)
+
+# Every method on every model family at tiny scale on the GPU, checked against the CPU (2 min on a 2-core CPU)
+gpu-smoke: setup
+	$(BIN)/python -m benchmarks.smoke --device cuda --out results/gpu_smoke.json
 
 lint: setup
 	$(BIN)/snakemake --lint --configfile $(CONFIG)

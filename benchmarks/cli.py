@@ -32,6 +32,7 @@ from pathlib import Path
 from .errors import AmortbenchError, DataError
 
 STARTED = time.time()  # a job's start (refined to the process's creation time when run as a command)
+FORKED = False  # True in a fork-server child (benchmarks.forkserver): its rusage is the job's own work
 #: what each subcommand imports before its work clock starts (start-up = Python + these imports)
 STAGE_MODULES = {"prepare": "benchmarks.datasets", "train": "benchmarks.train", "evaluate": "benchmarks.evaluate",
                  "timing": "benchmarks.timing", "gaps": "benchmarks.gaps", "report": "benchmarks.report.build",
@@ -282,7 +283,8 @@ def write_cost(path: str, rule: str, work_started: float) -> None:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     write_json(path, {"rule": rule, "started": STARTED, "work_started": work_started, "finished": finished,
                       "startup_s": work_started - STARTED, "work_s": finished - work_started,
-                      "cpu_s": usage.ru_utime + usage.ru_stime, "max_rss_mb": usage.ru_maxrss / 1024.0})
+                      "cpu_s": usage.ru_utime + usage.ru_stime, "max_rss_mb": usage.ru_maxrss / 1024.0,
+                      "forked": FORKED})
 
 
 def process_age() -> float:
@@ -315,7 +317,11 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     STARTED = time.time() - process_age()  # the job's start-up counts from the process's creation
-    status = main()
+    from benchmarks import forkserver  # a local run's jobs go through its fork server when there is one
+
+    status = forkserver.run_through_server("benchmarks.cli", sys.argv[1:], STARTED)
+    if status is None:
+        status = main()
     # Skip the interpreter's teardown (unloading torch costs ~0.4 s a job): every output is already
     # written atomically and closed; flush what is buffered, then leave.
     logging.shutdown()

@@ -170,3 +170,26 @@ def test_published_numbers_join_the_rows_of_their_methods(tmp_path, points):
     assert set(table["paper method"]) == {"vae", "svi", "savae", "true_model"}
     assert table.set_index("paper method").loc["svi", "reproduced"] != table.set_index("paper method").loc["svi", "reproduced"]  # NaN: no svi row
     assert (table["source"] == "Kim et al. 2018, Table 1").all()
+
+
+def test_costs_use_a_forked_jobs_own_cpu_and_memory(tmp_path):
+    """Snakemake's benchmark file of a job that ran in a fork-server child measured only the waiting client:
+    the cost table takes that job's CPU seconds and peak memory from its own timers instead."""
+    from benchmarks.report.collect import read_costs
+    from benchmarks.report.costs import stage_costs, summary
+
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    entries = []
+    for name, forked in (("a", True), ("b", False)):
+        (tmp_path / f"{name}.tsv").write_text(header + "2.0\t0:00:02\t30.0\t0\t0\t0\t0\t0\t0\t0.05\n")
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            {"rule": "train", "started": 0.0, "work_started": 0.1, "finished": 2.0, "startup_s": 0.1,
+             "work_s": 1.9, "cpu_s": 1.7, "max_rss_mb": 600.0, "forked": forked}))
+        entries.append({"rule": "train", "label": name, "benchmark": str(tmp_path / f"{name}.tsv"),
+                        "cost": str(tmp_path / f"{name}.json")})
+    rows = {row["label"]: row for row in read_costs(entries)}
+    assert (rows["a"]["cpu_s"], rows["a"]["max_rss_mb"]) == (1.7, 600.0)
+    assert (rows["b"]["cpu_s"], rows["b"]["max_rss_mb"]) == (0.05, 30.0)
+    table = stage_costs(list(rows.values()))
+    assert table.loc[table["stage"] == "train", "CPU s"].item() == pytest.approx(1.75)
+    assert "1 of 2 jobs ran in the fork server" in summary(table)

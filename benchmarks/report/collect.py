@@ -156,7 +156,8 @@ def collect(manifest: dict) -> Results:
 
 
 def read_costs(entries: list[dict]) -> list[dict]:
-    """Per job: the Snakemake benchmark row (wall s, CPU s, peak memory) and the job's own timers."""
+    """Per job: the Snakemake benchmark row (wall s, CPU s, peak memory) and the job's own timers (whose CPU s
+    and peak memory replace the benchmark's when the job ran in a fork-server child)."""
     rows = []
     for entry in entries:
         row = {"rule": entry["rule"], "label": entry["label"]}
@@ -174,6 +175,9 @@ def read_costs(entries: list[dict]) -> list[dict]:
         if own:
             row.update(startup_s=own["startup_s"], work_s=own["work_s"], started=own["started"],
                        finished=own["finished"])
+            row["forked"] = bool(own.get("forked"))
+            if own.get("forked"):  # the job ran in a child of the fork server: Snakemake measured only the
+                row.update(cpu_s=own["cpu_s"], max_rss_mb=own["max_rss_mb"])  # waiting client; use the child's
         if len(row) > 2:
             rows.append(row)
     return rows

@@ -32,7 +32,9 @@ def stage_costs(rows: list[dict]) -> pd.DataFrame:
              "CPU s": table["CPU s"].sum(min_count=1), "peak MB": table["peak MB"].max(),
              "start-up s": table["start-up s"].sum(min_count=1), "work s": table["work s"].sum(min_count=1)}
     total["start-up share"] = total["start-up s"] / (total["start-up s"] + total["work s"])
-    return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+    result = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+    result.attrs["forked"] = int(jobs["forked"].fillna(False).astype(bool).sum()) if "forked" in jobs else 0
+    return result
 
 
 def summary(table: pd.DataFrame) -> str:
@@ -42,6 +44,10 @@ def summary(table: pd.DataFrame) -> str:
     stages = table[table["stage"] != "all"]
     top = stages.iloc[0]
     total = table[table["stage"] == "all"].iloc[0]
-    return (f"Most expensive stage: {top['stage']} ({top['wall s']:.0f} s of {total['wall s']:.0f} s of job wall time, "
+    text = (f"Most expensive stage: {top['stage']} ({top['wall s']:.0f} s of {total['wall s']:.0f} s of job wall time, "
             f"{top['jobs']} jobs); most expensive job: {top['most expensive job']} ({top['its wall s']:.0f} s). "
             f"Job start-up (Python and imports) is {100 * total['start-up share']:.0f}% of the jobs' time.")
+    if table.attrs.get("forked"):
+        text += (f" {table.attrs['forked']} of {int(total['jobs'])} jobs ran in the fork server: their start-up is "
+                 "the wait for it, and their peak memory includes the imports they share with it.")
+    return text
