@@ -193,3 +193,17 @@ def test_costs_use_a_forked_jobs_own_cpu_and_memory(tmp_path):
     table = stage_costs(list(rows.values()))
     assert table.loc[table["stage"] == "train", "CPU s"].item() == pytest.approx(1.75)
     assert "1 of 2 jobs ran in the fork server" in summary(table)
+
+
+def test_a_cell_with_nothing_to_train_is_not_marked_as_still_improving(tmp_path, points):
+    """svi under a fixed generator trains nothing (0 epochs): its convergence is not applicable, so it is
+    neither 'yes' nor 'still improving', and its Pareto marker is filled."""
+    cells = [write_cell(tmp_path, "avi", 0, points), write_cell(tmp_path, "svi", 0, points - 1.0, epochs=0)]
+    metrics = Path(cells[1]["files"]["metrics"])
+    payload = json.loads(metrics.read_text())
+    payload["history"], payload["training"]["stopped_by"] = [], "nothing_to_train"
+    metrics.write_text(json.dumps(payload))
+    board = leaderboard.build(collect({"cells": cells})).set_index("method")
+    assert board.loc["svi", "converged"] is None and not render.still_improving(board.loc["svi", "converged"])
+    assert render.display_table(board.reset_index()).set_index("method").loc["svi", "converged"] == "—"
+    assert render.still_improving(False) and not render.still_improving(True)

@@ -152,6 +152,8 @@ def build(results: Results) -> pd.DataFrame:
         row["convergence_gain"] = max(known) if known else math.nan
         row["converged"] = (all(g <= config.convergence.tolerance for g in known) and len(known) == len(ok)) if ok \
             else None
+        if ok and all(t.get("stopped_by") == "nothing_to_train" for t in training):
+            row["converged"] = None  # no parameters to train (svi under a fixed generator): not applicable
         rows.append(row)
     board = pd.DataFrame(rows)
     if board.empty:

@@ -67,7 +67,7 @@ def pareto_spec(board: pd.DataFrame, dataset: str, published: list[dict]) -> dic
             points.append({
                 "x": float(r["infer_ms_bB_median"]), "x_lo": float(r["infer_ms_bB_q1"]), "x_hi": float(r["infer_ms_bB_q3"]),
                 "y": float(r["test_nll_mean"]), "y_lo": lo, "y_hi": hi, "label": r["method"],
-                "hollow": not bool(r["converged"]) if r["converged"] is not None else True,
+                "hollow": render.still_improving(r["converged"]),
                 "hover": {"method": r["method"], "seeds": int(r["seeds"]),
                           "test NLL": render.mean_std(r["test_nll_mean"], r.get("test_nll_std"), 2),
                           f"Δ vs {r['reference_method']}": interval,

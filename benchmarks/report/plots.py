@@ -14,6 +14,7 @@ import pandas as pd  # noqa: E402
 
 from ..io import atomic_path  # noqa: E402
 from .leaderboard import TRUE_MODEL  # noqa: E402
+from .render import still_improving  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -50,7 +51,7 @@ def pareto_plot(board: pd.DataFrame, dataset: str, path: Path, published: list[d
         lo = (group["dnll_mean"] - group["dnll_lo"]).fillna(0.0) if "dnll_lo" in group else 0 * group["test_nll_mean"]
         hi = (group["dnll_hi"] - group["dnll_mean"]).fillna(0.0) if "dnll_hi" in group else 0 * group["test_nll_mean"]
         ax.errorbar(times, nlls, xerr=xerr, yerr=[lo, hi], fmt="none", ecolor="tab:gray", capsize=3, lw=1)
-        converged = group["converged"].fillna(False).astype(bool).to_numpy()
+        converged = ~group["converged"].map(still_improving).to_numpy(dtype=bool)  # hollow: still improving
         ax.scatter(np.array(times)[converged], np.array(nlls)[converged], color=color, zorder=3,
                    label=f"{hardware}" if hardware else None)
         ax.scatter(np.array(times)[~converged], np.array(nlls)[~converged], facecolors="white",

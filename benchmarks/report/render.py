@@ -44,6 +44,11 @@ def timing(row: pd.Series, prefix: str) -> str:
     return f"{median:.{digits}f} [{row[f'{prefix}_q1']:.{digits}f}–{row[f'{prefix}_q3']:.{digits}f}]"
 
 
+def still_improving(value) -> bool:
+    """A row's ``converged`` value is a definite no (None / NaN: not applicable, nothing was trained)."""
+    return value is not None and not pd.isna(value) and not bool(value)
+
+
 def converged(row: pd.Series) -> str:
     if row.get("converged") is None or pd.isna(row.get("converged")):
         return "—"
