@@ -25,6 +25,7 @@ import importlib
 import json
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,6 +41,7 @@ PRELOAD = ("torch", "numpy", "pandas", "pyarrow.parquet", "matplotlib.pyplot", "
            "benchmarks.cli", "benchmarks.train", "benchmarks.evaluate", "benchmarks.timing", "benchmarks.gaps",
            "benchmarks.report.build", "benchmarks.report.bundle", "torch._dynamo")
 IDLE_SECONDS = 3600
+FOLDER_PREFIX = "amortbench-fork-"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -135,7 +137,7 @@ def start_for_local_run(root: str) -> str | None:
     returns the socket path, or None if the server is off or did not come up."""
     if os.environ.get(ENV) == "0":
         return None
-    folder = Path(tempfile.mkdtemp(prefix="amortbench-fork-"))
+    folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
     path = str(folder / "socket")
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env.pop(ENV, None)
@@ -282,6 +284,7 @@ class Server:
                 pass
         _unlink(self.path)
         _unlink(self.path + ".starting")
+        _remove_own_folder(self.path)
         self.running = False
         if self.children:
             time.sleep(0.5)
@@ -291,6 +294,14 @@ class Server:
                 except ProcessLookupError:
                     pass
         os._exit(0)
+
+
+def _remove_own_folder(path: str) -> None:
+    """The folder start_for_local_run made for the socket and the server's log (left when the server failed
+    to start, so that the log can be read)."""
+    folder = Path(path).parent
+    if folder.name.startswith(FOLDER_PREFIX):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _unlink(path: str) -> None:

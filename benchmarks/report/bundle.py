@@ -33,7 +33,6 @@ import json
 import platform
 import shutil
 import tarfile
-import tempfile
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
 
@@ -239,8 +238,9 @@ def _commit(cell: dict) -> str:
     return json.loads(path.read_text()).get("provenance", {}).get("git_commit") or "unknown"
 
 
-def merge_manifests(manifests: list[dict], pool_code_versions: bool = False) -> tuple[dict, list[dict]]:
-    """One manifest from several runs' (module docstring); returns it and the conflicts found."""
+def merge_manifests(manifests: list[dict], scratch: Path, pool_code_versions: bool = False) -> tuple[dict, list[dict]]:
+    """One manifest from several runs' (module docstring; merged timing files go to `scratch`); returns it
+    and the conflicts found."""
     by_key: dict[tuple, list[tuple[int, dict]]] = defaultdict(list)
     for i, manifest in enumerate(manifests):
         for cell in manifest["cells"]:
@@ -281,14 +281,15 @@ def merge_manifests(manifests: list[dict], pool_code_versions: bool = False) -> 
             report["reference_method"] = reference + suffix
         cell["source"] = manifests[i]["source"]
         cells.append(cell)
-    timings = _merged_timings(manifests, cells)
+    timings = _merged_timings(manifests, cells, scratch)
     merged = {"cells": cells, "datasets": timings, "costs": [c for m in manifests for c in m.get("costs", [])]}
     return merged, conflicts
 
 
-def _merged_timings(manifests: list[dict], cells: list[dict]) -> dict:
-    """Per dataset one timing file holding the entries of every source (each carries its hardware)."""
-    scratch = Path(tempfile.mkdtemp(prefix="amortbench-merge-"))
+def _merged_timings(manifests: list[dict], cells: list[dict], scratch: Path) -> dict:
+    """Per dataset one timing file (in `scratch`) holding the entries of every source (each carries its
+    hardware)."""
+    scratch.mkdir(parents=True, exist_ok=True)
     out = {}
     for dataset in sorted({c["dataset"] for c in cells}):
         entries = []
@@ -310,7 +311,7 @@ def merge(sources: list[Path], out_dir: Path, pool_code_versions: bool = False):
     scratch = out_dir / ".sources"
     shutil.rmtree(scratch, ignore_errors=True)
     manifests = [read_source(Path(s), scratch / str(i)) for i, s in enumerate(sources)]
-    merged, conflicts = merge_manifests(manifests, pool_code_versions)
+    merged, conflicts = merge_manifests(manifests, scratch / "timings", pool_code_versions)
     board = build_report(merged, out_dir)
     lines = ["# Merged results", "", "| source | code version | cells |", "|---|---|---|"]
     for manifest in manifests:
