@@ -61,6 +61,10 @@ class GapConfig(Options):
     family: bool = False  # also q*_family: the method's own family optimized per datapoint
     family_vectorize: Literal["auto", "vmap", "loop"] = "auto"
     family_batch_size: int = Field(10, ge=1)
+    #: the stopping rule and budget of the q*_family optimization (null: ``local``); a per-datapoint copy of
+    #: a flow or encoder costs 20-40x an FFG step, so CPU configs give it fewer steps (gaps.md reports how
+    #: many points the rule stopped)
+    family_local: Optional[LocalOptimConfig] = None
     batch_size: int = Field(100, ge=1)
     max_chunk_elements: int = Field(1 << 20, ge=1)
     seed: int = Field(0, ge=0)
@@ -148,7 +152,7 @@ def _batch_gaps(method, x: torch.Tensor, cfg: GapConfig) -> dict[str, torch.Tens
         family_elbo, family_steps, family_stopped = [], [], []
         try:
             for xb in x.split(cfg.family_batch_size):
-                fam = optimize_family(method, xb, cfg.local, cfg.family_vectorize)
+                fam = optimize_family(method, xb, cfg.family_local or cfg.local, cfg.family_vectorize)
                 chunk_f = chunk_size(cfg.eval_samples, 1, elements, cfg.max_chunk_elements)
                 family_elbo.append(family_importance_sample(method, fam.params, xb, cfg.eval_samples, chunk_f).elbo)
                 family_steps.append(fam.steps.double())

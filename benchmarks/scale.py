@@ -72,6 +72,8 @@ def smoke_cell(cell: dict) -> dict:
     gaps.update(GAPS)
     gaps["points"] = {split: 4 for split in gaps["points"]}
     gaps["local"].update(LOCAL)
+    if gaps.get("family_local") is not None:
+        gaps["family_local"].update(LOCAL)
     if gaps["ais"] is not None:
         gaps["ais"].update(AIS)
     policy = out["budget_policy"]

@@ -331,3 +331,16 @@ def test_gap_points_are_a_seeded_random_subset():
     assert float(a.float().mean()) > 3000  # spread over the split, not bunched at its start
     assert torch.equal(subset_indices(10_000, 5, "first", 0), torch.arange(5))
     assert torch.equal(subset_indices(50, None, "random", 0), torch.arange(50))  # all points: in order
+
+
+def test_family_optimization_has_its_own_budget(lg_data):
+    """``family_local`` bounds q*_family's optimization; q*_FFG keeps ``local``'s budget."""
+    model = true_model(lg_data)
+    torch.manual_seed(0)
+    method = build_method("iaf", model, {"steps": 1, "made_hidden": [4], "context_dim": 2}).double().eval()
+    cfg = GapConfig.parse({"elbo_samples": 20, "eval_samples": 20, "family": True, "ais": None,
+                           "local": {"lr": 0.02, "samples": 5, "check_every": 10, "patience": 50, "max_steps": 30},
+                           "family_local": {"lr": 0.02, "samples": 5, "check_every": 2, "patience": 50,
+                                            "max_steps": 4}}, "gaps")
+    per = inference_gaps(method, lg_data.test[:3].double(), cfg).per_point
+    assert torch.all(per["local_steps_ffg"] == 30) and torch.all(per["local_steps_family"] == 4)
