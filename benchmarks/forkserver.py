@@ -102,7 +102,13 @@ def run_through_server(module: str, argv: list[str], started: float) -> int | No
     if done is None:  # the server went away: the child is gone with it
         print("amortbench: the fork server stopped while this job ran", file=sys.stderr)
         return 1
-    return int(done["exit"])
+    code = int(done["exit"])
+    if code < 0:  # killed by a signal: say which (SIGKILL is often the kernel's out-of-memory killer)
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        hint = " (the kernel's out-of-memory killer sends it: see dmesg)" if -code == signal.SIGKILL else ""
+        print(f"amortbench: the job was killed by {name}{hint}", file=sys.stderr)
+        return 128 - code  # the shell's convention for a process killed by a signal
+    return code
 
 
 def _read_message(sock: socket.socket) -> dict | None:

@@ -178,6 +178,13 @@ def _stacked_mlp_plan(encoder: GaussianEncoder) -> Optional[list[tuple[str, obje
     return steps
 
 
+def _attribute(module: nn.Module, dotted: str) -> torch.Tensor:
+    """module.a.b.c for "a.b.c": the tensor in use now (a parameter, or what functional_call put there)."""
+    for name in dotted.split("."):
+        module = getattr(module, name)
+    return module
+
+
 class EncoderBank(nn.Module):
     """M independent GaussianEncoders (own body and head each), stored as separate modules so that a
     frozen component simply has requires_grad off (Adam then skips it exactly, no drift from momentum).
@@ -201,10 +208,9 @@ class EncoderBank(nn.Module):
         self._plan = _stacked_mlp_plan(self._template)
         self._vmap_failed = False
         self._stack_cache: Optional[tuple] = None
-        self._tensors: Optional[list] = None
 
     def _apply(self, fn, *args, **kwargs):
-        self._tensors, self._stack_cache = None, None
+        self._stack_cache = None
         return super()._apply(fn, *args, **kwargs)
 
     @property
@@ -225,10 +231,10 @@ class EncoderBank(nn.Module):
         frozen ones, requires_grad off, get none). Under no_grad (inference), the stack is cached until
         any of the tensors changes (in-place version counter or storage), so repeated test-time calls
         do not copy the weights again."""
-        if self._tensors is None:  # per name, that tensor of every encoder (reset by .to() / .double())
-            self._tensors = [(n, [e.get_parameter(n) for e in self.encoders]) for n in self._param_names]
-            self._tensors += [(n, [e.get_buffer(n) for e in self.encoders]) for n in self._buffer_names]
-        tensors = [(n, ts[:count]) for n, ts in self._tensors]
+        # looked up on every call, never cached: under torch.func.functional_call (per-datapoint copies of
+        # every parameter, as the gaps stage's q*_family optimizes) the encoders' attributes are swapped
+        encoders = list(self.encoders)[:count]
+        tensors = [(n, [_attribute(e, n) for e in encoders]) for n in self._param_names + self._buffer_names]
         if torch.is_grad_enabled():
             stacked = {n: torch.stack(ts) for n, ts in tensors}
         else:

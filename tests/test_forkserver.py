@@ -88,14 +88,18 @@ def test_killing_the_job_the_head_or_the_server_leaves_no_orphan(server, tmp_pat
     (tmp_path / "cell.json").write_text(json.dumps(cell))
     args = ["train", "--cell", "cell.json", "--data", "d.pt", "--model", "m.pt", "--history", "h.csv",
             "--state-dir", "state", "--no-progress"]
-    for victim in ("job", last):
+    for victim in ("child", "job", last):
         job = run_cli(args, tmp_path, path)
         deadline = time.time() + 60
         while not children_of(proc.pid):
             assert time.time() < deadline, "the job's child did not start"
             time.sleep(0.05)
         child = children_of(proc.pid)[0]
-        if victim == "job":
+        if victim == "child":  # e.g. the out-of-memory killer: the job fails, saying how
+            child.kill()
+            _, err = job.communicate(timeout=30)
+            assert job.returncode == 128 + signal.SIGKILL and "killed by SIGKILL" in err
+        elif victim == "job":
             job.kill()
             job.wait()
             child.wait(timeout=10)  # the server saw the job die and killed its child

@@ -141,6 +141,25 @@ def test_inference_cache_follows_parameter_updates(binary_data):
     assert torch.allclose(second[2] - first[2], torch.ones_like(first[2])[..., :3], atol=1e-6)
 
 
+def test_swapped_parameters_reach_every_component(binary_data):
+    """torch.func.functional_call (the gaps stage's q*_family: per-datapoint copies of every parameter) must
+    act on the stacked computation, also after an inference call has filled the stack cache."""
+    from torch.func import functional_call
+
+    model = models.build(binary_data, {"latent_dim": 3, "hidden": [16]})
+    bank = EncoderBank(model, 3, -12.0, 8.0)
+    x = next(binary_data.batches("test", 8))
+    with torch.no_grad():
+        original = bank.batched_encode(x, 3)[0].clone()  # fills the inference cache
+    swapped = {name: t.detach() + (1.0 if name == "encoders.2.head.bias" else 0.0)
+               for name, t in bank.named_parameters()}
+    mu = functional_call(bank, swapped, (x, 3))[0]
+    assert torch.allclose(mu[:2], original[:2], atol=1e-6)
+    assert torch.allclose(mu[2] - original[2], torch.ones_like(original[2]), atol=1e-6)
+    with torch.no_grad():
+        assert torch.equal(bank.batched_encode(x, 3)[0], original)  # the real parameters are untouched
+
+
 class _RecurrentBody(nn.Module):
     """A stand-in for a text encoder: embedding + LSTM (vmap has no batching rule for aten::lstm)."""
 
