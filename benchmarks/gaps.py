@@ -62,8 +62,8 @@ class GapConfig(Options):
     family_vectorize: Literal["auto", "vmap", "loop"] = "auto"
     family_batch_size: int = Field(10, ge=1)
     #: the stopping rule and budget of the q*_family optimization (null: ``local``); a per-datapoint copy of
-    #: a flow or encoder costs 20-40x an FFG step, so CPU configs give it fewer steps (gaps.md reports how
-    #: many points the rule stopped)
+    #: a flow or encoder costs about 10x an FFG step, so CPU configs give it fewer steps (gaps.md reports
+    #: how many points the rule stopped)
     family_local: Optional[LocalOptimConfig] = None
     batch_size: int = Field(100, ge=1)
     max_chunk_elements: int = Field(1 << 20, ge=1)

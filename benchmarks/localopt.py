@@ -146,9 +146,10 @@ def local_optimize(params: Params, loss_fn: LossFn, loss_grad_fn: LossGradFn,
     step, last_check = 0, 0
     while active.numel() > 0 and step < cfg.max_steps:
         step += 1
-        loss, grads = loss_grad_fn(flat.unpack(current), idx)
+        with torch.no_grad():  # the gradient is data here: no graph may link one step to the next (torch.func
+            loss, grads = loss_grad_fn(flat.unpack(current), idx)  # transforms ignore this no_grad, as they should)
         window += loss.detach().double()
-        g = flat.pack(grads)
+        g = flat.pack(grads).detach()
         exp_avg.mul_(beta1).add_(g, alpha=1.0 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
         denom = (exp_avg_sq / (1.0 - beta2**step)).sqrt_().add_(cfg.adam_eps)
