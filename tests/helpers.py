@@ -1,6 +1,8 @@
 """Small helpers shared by tests (not fixtures)."""
 from __future__ import annotations
 
+import re
+
 import torch
 
 from methods.base import Step
@@ -70,3 +72,16 @@ def assert_bounds_converge_to_exact(model, posterior, x: torch.Tensor, largest_s
     assert errors[1] < -0.03, errors
     assert abs(errors[1]) > abs(errors[10]) > abs(errors[largest_samples]), errors
     assert abs(errors[largest_samples]) < 0.01, errors
+
+
+def planned_resources(dry_run_stdout: str) -> dict[str, list[dict]]:
+    """rule -> the resources of each of its planned jobs, read from the output of `snakemake -n`."""
+    requests: dict[str, list[dict]] = {}
+    rule = None
+    for line in dry_run_stdout.splitlines():
+        if match := re.fullmatch(r"\s*(?:local)?rule (\w+):", line):
+            rule = match.group(1)
+        elif (match := re.fullmatch(r"\s*resources: (.*)", line)) and rule is not None:
+            requests.setdefault(rule, []).append(dict(item.split("=", 1) for item in match.group(1).split(", ")))
+            rule = None
+    return requests

@@ -151,6 +151,18 @@ def test_yahoo_split_files_vocabulary_and_encoding(tmp_path):
     assert batch.dtype == torch.int64 and batch.shape == (2, 4)  # trimmed to the longest sequence
 
 
+def test_yahoo_validation_file_may_be_named_val_txt(tmp_path):
+    """The SA-VAE repository ships train.txt, val.txt, test.txt: val.txt is read as the validation split."""
+    folder = tmp_path / "raw" / "yahoo"
+    texts = write_yahoo_fixture(folder)
+    (folder / "valid.txt").rename(folder / "val.txt")
+    data = prepare("yahoo", {"vocab_size": 8, "max_length": 5}, tmp_path)
+    assert data.valid.shape[0] == len(texts["valid"])
+    (folder / "val.txt").unlink()
+    with pytest.raises(DataError, match="valid.txt or val.txt"):
+        prepare("yahoo", {"source": "files"}, tmp_path)
+
+
 def test_yahoo_bucketing_groups_similar_lengths():
     lengths = torch.randint(1, 60, (2000,))
     tokens = torch.full((2000, 60), -1, dtype=torch.int32)

@@ -207,3 +207,22 @@ def test_a_cell_with_nothing_to_train_is_not_marked_as_still_improving(tmp_path,
     assert board.loc["svi", "converged"] is None and not render.still_improving(board.loc["svi", "converged"])
     assert render.display_table(board.reset_index()).set_index("method").loc["svi", "converged"] == "—"
     assert render.still_improving(False) and not render.still_improving(True)
+
+
+def test_a_published_reference_can_select_several_settings():
+    """SA-VAE's Yahoo table files the VAE row under no setting and the SVI rows under K=10/20/40: a list of
+    settings joins the VAE row and the K=20 rows in one entry, and no other K."""
+    from benchmarks.report.config import Published
+    from benchmarks.report.published import published_rows
+
+    names = {"lstm_lm": "(not regenerated)", "vae": "avi", "vae_init": "(not regenerated)",
+             "vae_word_drop_25": "(not regenerated)", "vae_word_drop_50": "(not regenerated)", "svi": "svi",
+             "vae_svi": "(see other)", "vae_svi_kl": "(see other)", "savae": "savae"}
+    rows = published_rows(Published(paper="kim2018_savae", table="2", dataset="yahoo", setting=["", "K=20"],
+                                    methods=names))
+    chosen = {(r["method"], r["setting"]): r["value"] for r in rows}
+    assert chosen[("vae", "")] == 330.2 and chosen[("svi", "K=20")] == 330.8 and chosen[("savae", "K=20")] == 327.5
+    assert not any(setting in ("K=10", "K=40") for _, setting in chosen)
+    only_k20 = published_rows(Published(paper="kim2018_savae", table="2", dataset="yahoo", setting="K=20",
+                                        methods=names))
+    assert {r["setting"] for r in only_k20} == {"K=20"}

@@ -89,11 +89,14 @@ class Yahoo(Dataset):
     test_subset: Optional[int] = None
 
     def split_files(self, data_dir: Path) -> Optional[dict[str, Path]]:
+        """The split files in `root` or data/raw/yahoo/: {train,valid,test}.txt or yahoo.{...}.txt, with the
+        validation file also accepted as val.txt (the SA-VAE repository's name)."""
         for folder in ([Path(self.root)] if self.root else []) + [data_dir / "raw" / "yahoo"]:
             for pattern in ("{}.txt", "yahoo.{}.txt"):
-                files = {s: folder / pattern.format(s) for s in SPLITS}
-                if all(f.is_file() for f in files.values()):
-                    return files
+                for valid in ("valid", "val"):
+                    files = {s: folder / pattern.format(valid if s == "valid" else s) for s in SPLITS}
+                    if all(f.is_file() for f in files.values()):
+                        return files
         return None
 
     def from_files(self, files: dict[str, Path]) -> dict[str, list[list[str]]]:
@@ -141,7 +144,7 @@ class Yahoo(Dataset):
     def build(self, data_dir: Path) -> DataSplits:
         files = self.split_files(data_dir) if self.source != "huggingface" else None
         if files is None and self.source == "files":
-            raise DataError(f"Yahoo split files (train.txt, valid.txt, test.txt) not found in "
+            raise DataError(f"Yahoo split files (train.txt, valid.txt or val.txt, test.txt) not found in "
                             f"{self.root or data_dir / 'raw' / 'yahoo'}")
         docs = self.from_files(files) if files else self.from_huggingface()
         docs["train"] = docs["train"][: self.train_subset]

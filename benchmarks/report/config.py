@@ -23,7 +23,8 @@ class Published(Options):
     paper: str
     table: str
     dataset: Optional[str] = None  # the csv's dataset column (the paper's name for the data)
-    setting: Optional[str] = None  # the csv's setting column
+    #: the csv's setting column; a list selects several (e.g. ["", "K=20"]: the rows without a setting and K=20)
+    setting: Optional[str | list[str]] = None
     methods: dict[str, str] = {}  # published method name -> the suite's method (or "(true model)")
     split: Literal["train", "test"] = "test"  # gap quantities (log p(x), L[q*], gaps) compared on this split
     comparable: bool = True  # false: the data or protocol differs from the paper's; Δ shown as not comparable

@@ -34,9 +34,10 @@ def published_rows(reference, rows: list[dict] | None = None) -> list[dict]:
     """The rows a `Published` reference selects; a reference that selects none is a ValueError listing the
     tables there are."""
     rows = read_published() if rows is None else rows
+    settings = [reference.setting] if isinstance(reference.setting, str) else reference.setting
     chosen = [r for r in rows if r["paper"] == reference.paper and r["table"] == str(reference.table)
               and (reference.dataset is None or r["dataset"] == reference.dataset)
-              and (reference.setting is None or r["setting"] == reference.setting)]
+              and (settings is None or r["setting"] in settings)]
     if not chosen:
         tables = sorted({(r["paper"], r["table"], r["dataset"], r["setting"]) for r in rows})
         raise ValueError(f"no published rows for {reference.to_dict()}; (paper, table, dataset, setting) in "

@@ -34,6 +34,7 @@ import torch
 import yaml
 
 from benchmarks.provenance import REPO_ROOT
+from tests.helpers import planned_resources
 from benchmarks.suite import cells
 from tests.integration.test_pipeline import SNAKEMAKE, TINY, snakemake
 
@@ -220,23 +221,16 @@ def test_dry_run_shows_gpu_requests(tmp_path, profile):
     config.update(device="cuda", seeds=[0, 1, 2], gaps={"enabled": True},
                   resources={"prepare_data": {"mem_mb": 32000}, "train": {"mem_mb": 16000, "runtime": 2880},
                              "evaluate": {"mem_mb": 12000, "runtime": 240}})
-    if profile == LOCAL_PROFILE:  # one machine: the GPU requests come from the config (as in paper.yaml)
+    if profile == LOCAL_PROFILE:  # one machine: the GPU requests come from the config (as in config/papers/)
         for rule in ("train", "evaluate", "timing", "gaps"):
             config["resources"].setdefault(rule, {})["gpu"] = 1
-    path = tmp_path / "paper.yaml"
+    path = tmp_path / "gpu_suite.yaml"
     path.write_text(yaml.safe_dump(config))
     done = subprocess.run([*SNAKEMAKE, "-n", "--snakefile", str(REPO_ROOT / "Snakefile"), "--directory",
                            str(tmp_path), "--profile", str(profile), "--configfile", str(path)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    requests: dict[str, list[dict]] = {}  # rule -> the resources of each of its jobs
-    rule = None
-    for line in done.stdout.splitlines():
-        if match := re.fullmatch(r"\s*(?:local)?rule (\w+):", line):
-            rule = match.group(1)
-        elif (match := re.fullmatch(r"\s*resources: (.*)", line)) and rule is not None:
-            requests.setdefault(rule, []).append(dict(item.split("=", 1) for item in match.group(1).split(", ")))
-            rule = None
+    requests = planned_resources(done.stdout)  # rule -> the resources of each of its jobs
     expected = cells(config)
     assert len(expected) >= 3 and len(requests.get("train", [])) == len(expected), requests.keys()
     assert len(requests.get("evaluate", [])) == len(expected)
