@@ -178,6 +178,15 @@ def _stacked_mlp_plan(encoder: GaussianEncoder) -> Optional[list[tuple[str, obje
     return steps
 
 
+def _cache_key(tensors) -> Optional[tuple]:
+    """Identity of plain tensors (storage, in-place version, device); None for tensors without storage, the
+    per-datapoint tensors of a torch.func.vmap (the gaps stage's q*_family), which must not be cached."""
+    try:
+        return tuple((t.data_ptr(), t._version, t.device) for t in tensors)
+    except RuntimeError:
+        return None
+
+
 def _attribute(module: nn.Module, dotted: str) -> torch.Tensor:
     """module.a.b.c for "a.b.c": the tensor in use now (a parameter, or what functional_call put there)."""
     for name in dotted.split("."):
@@ -235,10 +244,10 @@ class EncoderBank(nn.Module):
         # every parameter, as the gaps stage's q*_family optimizes) the encoders' attributes are swapped
         encoders = list(self.encoders)[:count]
         tensors = [(n, [_attribute(e, n) for e in encoders]) for n in self._param_names + self._buffer_names]
-        if torch.is_grad_enabled():
+        key = None if torch.is_grad_enabled() else _cache_key(t for _, ts in tensors for t in ts)
+        if key is None:
             stacked = {n: torch.stack(ts) for n, ts in tensors}
         else:
-            key = tuple((t.data_ptr(), t._version, t.device) for _, ts in tensors for t in ts)
             if self._stack_cache is None or self._stack_cache[0] != key:
                 self._stack_cache = (key, {n: torch.stack(ts) for n, ts in tensors})
             stacked = self._stack_cache[1]

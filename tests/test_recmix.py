@@ -160,6 +160,33 @@ def test_swapped_parameters_reach_every_component(binary_data):
         assert torch.equal(bank.batched_encode(x, 3)[0], original)  # the real parameters are untouched
 
 
+def test_per_datapoint_parameters_vectorize_under_no_grad(binary_data):
+    """The gaps stage evaluates q*_family losses under no_grad with torch.func.vmap over per-datapoint copies
+    of every parameter: the stacked-parameter cache must step aside for those storage-less tensors (it used
+    to raise, and the gaps stage fell back to one datapoint at a time), and each datapoint must get its own
+    copy."""
+    from torch.func import functional_call, vmap
+
+    model = models.build(binary_data, {"latent_dim": 3, "hidden": [16]})
+    bank = EncoderBank(model, 3, -12.0, 8.0)
+    x = next(binary_data.batches("test", 4))
+    shifts = torch.arange(4, dtype=x.dtype)
+    per_point = {name: t.detach().unsqueeze(0) + (shifts.view(-1, *[1] * t.dim()) if name == "encoders.1.head.bias"
+                                                  else torch.zeros(4, *t.shape, dtype=t.dtype))
+                 for name, t in bank.named_parameters()}
+
+    def one(params, x_one):
+        return functional_call(bank, params, (x_one.unsqueeze(0), 3))[0].squeeze(1)
+
+    with torch.no_grad():
+        mapped = vmap(one)(per_point, x)
+        looped = torch.stack([one({k: t[i] for k, t in per_point.items()}, x[i]) for i in range(4)])
+        plain = bank.batched_encode(x, 3)[0]
+    assert torch.allclose(mapped, looped, atol=1e-6)
+    assert torch.allclose(mapped[:, 1] - plain[1], shifts[:, None].expand(4, 3), atol=1e-5)
+    assert torch.allclose(mapped[:, [0, 2]], plain[[0, 2]].transpose(0, 1), atol=1e-6)
+
+
 class _RecurrentBody(nn.Module):
     """A stand-in for a text encoder: embedding + LSTM (vmap has no batching rule for aten::lstm)."""
 
