@@ -226,3 +226,32 @@ def test_a_published_reference_can_select_several_settings():
     only_k20 = published_rows(Published(paper="kim2018_savae", table="2", dataset="yahoo", setting="K=20",
                                         methods=names))
     assert {r["setting"] for r in only_k20} == {"K=20"}
+
+
+def test_publishing_a_reference_replaces_it_whole_and_keeps_the_published_table(tmp_path):
+    """`make reproduce`'s last step: the reference folder gets the run's reports (the published-vs-reproduced
+    table too) and RUN.md with the cost table; a file of an earlier publication does not survive."""
+    import subprocess
+    import sys
+
+    from benchmarks.provenance import REPO_ROOT
+
+    results, target = tmp_path / "results", tmp_path / "reference" / "demo"
+    results.mkdir()
+    (results / "leaderboard.md").write_text("| method |\n")
+    (results / "published.md").write_text("| paper | published | reproduced |\n")
+    (results / "costs.md").write_text("# Cost\n\n| stage | jobs |\n|---|---|\n| train | 7 |\n")
+    (results / "unrelated.txt").write_text("not a report")
+    target.mkdir(parents=True)
+    (target / "pareto_old_dataset.png").write_text("from an earlier publication")
+    subprocess.run([sys.executable, "-m", "benchmarks.cli", "publish", str(results), str(target), "--config",
+                    "config/demo.yaml", "--cores", "2", "--seconds", "90"], cwd=REPO_ROOT, check=True,
+                   capture_output=True)
+    assert sorted(p.name for p in target.iterdir()) == ["RUN.md", "costs.md", "leaderboard.md", "published.md"]
+    run = (target / "RUN.md").read_text()
+    assert "wall time: 1.5 minutes" in run and "| train | 7 |" in run and "config/demo.yaml" in run
+    assert not any(p.name.startswith(".") for p in target.parent.iterdir())
+    with pytest.raises(subprocess.CalledProcessError):  # nothing to publish: the old reference stays
+        subprocess.run([sys.executable, "-m", "benchmarks.cli", "publish", str(tmp_path / "empty"), str(target)],
+                       cwd=REPO_ROOT, check=True, capture_output=True)
+    assert (target / "published.md").is_file()
