@@ -192,3 +192,40 @@ def test_a_corrupt_or_crafted_model_file_is_never_used(tmp_path):
     assert "cannot be read safely" in logs
     board = pd.read_csv(tmp_path / "results/leaderboard.csv").set_index("method")
     assert board.loc["avi", "status"] == "stale" and "model file changed" in board.loc["avi", "status_note"]
+
+
+@pytest.mark.integration
+def test_killing_the_head_outright_leaves_no_job_running_and_the_rerun_resumes(tmp_path):
+    """kill -9 of the Snakemake head: the fork server sees its head die and stops the jobs it forked, so no
+    training keeps running; the rerun needs `--unlock` first (Snakemake's lock stays; the README says so),
+    then resumes the training from its checkpoint and finishes."""
+    import time
+
+    import psutil
+
+    slow = {**LG, "datasets": {"linear_gaussian": {"data": {"n_train": 20000, "n_valid": 50, "n_test": 50},
+                                                   "train": {"epochs": 40, "batch_size": 10}}}}
+    path = tmp_path / "config.yaml"
+    path.write_text(__import__("yaml").safe_dump(slow))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO_ROOT / "Snakefile"), "--directory",
+           str(tmp_path), "--configfile", str(path), "--cores", "2"]
+    head = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / RUN / "train.log"
+    deadline = time.time() + 180
+    while not (log.exists() and "epoch 1:" in log.read_text()):
+        assert time.time() < deadline and head.poll() is None, "training did not start"
+        time.sleep(0.2)
+    server = [p for p in psutil.Process(head.pid).children() if "benchmarks.forkserver" in " ".join(p.cmdline())]
+    assert server, "the local run has no fork server"
+    jobs = server[0].children()
+    assert jobs, "the training job is not a child of the fork server"
+    head.kill()
+    head.wait()
+    for process in server + jobs:
+        process.wait(timeout=20)  # each one exits: nothing keeps training
+    locked = snakemake(tmp_path, slow)
+    assert locked.returncode != 0 and "unlock" in locked.stderr
+    assert snakemake(tmp_path, slow, "--unlock").returncode == 0
+    done = snakemake(tmp_path, slow)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from" in log.read_text()
